@@ -1,0 +1,8 @@
+"""bvae_core: a β-VAE trainer on data with ground-truth factors. No Ray, Optuna or MLflow in here."""
+
+from .config import ConfigError, TrainConfig, parse_config
+from .data import make_dataset
+from .trainer import NonFiniteLossError, Trainer
+
+__all__ = ["ConfigError", "NonFiniteLossError", "TrainConfig", "Trainer", "make_dataset", "parse_config"]
+__version__ = "0.1.0"

@@ -1,0 +1,233 @@
+"""The train config: typed, validated once, every error naming its field (DESIGN §3 "Train config").
+
+A config is plain YAML/dict data; :func:`parse_config` turns it into a :class:`TrainConfig` or raises
+:class:`ConfigError` with one line such as ``objective.beta: expected a number > 0, got -1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A user's config is wrong; the message is one line naming the field and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- datasets
+class DSpritesData(_Strict):
+    name: Literal["dsprites"]
+    resolution: Literal[64, 32] = 64
+    n_test: PositiveInt | None = None
+    split_seed: int = 0
+
+
+class BlobsData(_Strict):
+    name: Literal["blobs"]
+    resolution: Literal[64, 32] = 32
+    grid: PositiveInt = 32
+    sigma: PositiveFloat = 2.0
+    n_test: PositiveInt | None = None
+    split_seed: int = 0
+
+
+class GaussianData(_Strict):
+    name: Literal["gaussian"]
+    eigenvalues: Annotated[list[PositiveFloat], Field(min_length=1)]
+    rotate: bool = False
+    n_train: PositiveInt = 50_000
+    n_test: PositiveInt = 10_000
+    data_seed: int = 0
+
+
+class FileData(_Strict):
+    name: Literal["file"]
+    path: str
+    image_column: str = "image"
+    factor_columns: list[str] | None = None
+    image_shape: list[PositiveInt] | None = None
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    split_seed: int = 0
+
+
+DatasetConfig = Annotated[Union[DSpritesData, BlobsData, GaussianData, FileData], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- model
+class BernoulliLikelihood(_Strict):
+    kind: Literal["bernoulli"]
+
+
+class GaussianLikelihood(_Strict):
+    kind: Literal["gaussian"]
+    sigma: PositiveFloat = 1.0
+
+
+Likelihood = Annotated[Union[BernoulliLikelihood, GaussianLikelihood], Field(discriminator="kind")]
+
+
+class ModelConfig(_Strict):
+    arch: Literal["burgess", "conv", "mlp", "linear"] = "burgess"
+    latent_dim: PositiveInt = 10
+    likelihood: Likelihood = BernoulliLikelihood(kind="bernoulli")
+    hidden: PositiveInt = 256  # width of the mlp's hidden layers (burgess: fixed at 256 by the paper)
+
+
+# ---------------------------------------------------------------- objective and schedules
+class ConstantSchedule(_Strict):
+    """Plain β-VAE (Higgins et al. 2017): loss = distortion + β·KL."""
+
+    kind: Literal["constant"]
+
+
+class LinearCapacitySchedule(_Strict):
+    """Burgess et al. 2018 eq. (2): loss = distortion + γ·|KL − C(t)|, C ramped linearly from 0 to c_max."""
+
+    kind: Literal["linear_capacity"]
+    c_max: Annotated[float, Field(ge=0)] = 25.0  # Burgess et al. 2018, §A.2: 25 nats for dSprites
+    ramp_steps: PositiveInt = 100_000  # Burgess et al. 2018, §A.2: over 100,000 iterations
+    gamma: PositiveFloat = 1000.0  # Burgess et al. 2018, §A.2: γ = 1000
+
+
+class WarmupSchedule(_Strict):
+    """KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): β(t) ramps linearly from beta_start to β."""
+
+    kind: Literal["warmup"]
+    warmup_steps: PositiveInt = 10_000
+    beta_start: Annotated[float, Field(ge=0)] = 0.0
+
+
+class FreeBitsSchedule(_Strict):
+    """Free bits (Kingma et al. 2016, eq. 15): each latent's batch-mean KL below `free_bits` nats is not penalised."""
+
+    kind: Literal["free_bits"]
+    free_bits: Annotated[float, Field(ge=0)] = 0.5
+
+
+Schedule = Annotated[
+    Union[ConstantSchedule, LinearCapacitySchedule, WarmupSchedule, FreeBitsSchedule], Field(discriminator="kind")
+]
+
+
+class ObjectiveConfig(_Strict):
+    beta: PositiveFloat = 1.0
+    schedule: Schedule = ConstantSchedule(kind="constant")
+
+
+# ---------------------------------------------------------------- training
+class TrainSettings(_Strict):
+    steps: PositiveInt = 10_000
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 5.0e-4  # Burgess et al. 2018, §A.1: Adam, learning rate 5e-4
+    eval_every: PositiveInt = 1_000
+    eval_batch_size: PositiveInt = 512
+    n_eval: PositiveInt | None = None  # held-out examples used by evaluate(); None = the whole split
+    log_every: PositiveInt = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    threads: PositiveInt | None = None  # torch intra-op threads on CPU; None = torch's default
+    channels_last: bool = True
+
+
+class TrainConfig(_Strict):
+    name: str = "bvae"
+    seed: int = 0
+    dataset: DatasetConfig
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainSettings = TrainSettings()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrainConfig":
+        if self.train.eval_every > self.train.steps:
+            raise ValueError(f"train.eval_every: expected ≤ train.steps ({self.train.steps}), got {self.train.eval_every}")
+        if self.model.arch in ("burgess", "conv") and self.dataset.name == "gaussian":
+            raise ValueError(f"model.arch: expected mlp or linear for vector data (dataset gaussian), got {self.model.arch}")
+        return self
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key (not part of the config)"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    if kind == "union_tag_invalid":
+        tag, expected = err["ctx"]["discriminator"].strip("'"), err["ctx"]["expected_tags"]
+        return f"{loc}.{tag}: expected one of {expected.replace(chr(39), '')}, got {err['input'].get(tag)!r}"
+    if kind == "union_tag_not_found":
+        return f"{loc}.{err['ctx']['discriminator'].strip(chr(39))}: required field is missing"
+    if kind == "value_error":
+        # our own validators already wrote "field: expected …"
+        return msg.removeprefix("Value error, ")
+    got = err.get("input")
+    return f"{loc or '<config>'}: {msg[0].lower() + msg[1:]}, got {got!r}"
+
+
+_TAGS = {"dsprites", "blobs", "gaussian", "file", "bernoulli", "constant", "linear_capacity", "warmup", "free_bits"}
+
+
+def parse_config(data: Any) -> TrainConfig:
+    """Validate a train config given as a dict (e.g. from YAML); raise :class:`ConfigError` naming the field."""
+    if isinstance(data, TrainConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"<config>: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")  # a typo explains the rest
+        raise ConfigError(_describe(errors[0])) from None
+
+
+def load_config_file(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """Read a YAML config and apply ``key.path=value`` overrides (values parsed as YAML); raise :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: expected key.path=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML") from None
+        set_dotted(data, key.strip(), value)
+    return data
+
+
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``path = "a.b.c"``, creating intermediate mappings."""
+    keys = path.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])}: is a value, cannot set {path}")
+        node = child
+    node[keys[-1]] = value

@@ -1,0 +1,177 @@
+"""Datasets read from a user's files: ``.npz`` or Parquet, from a local path (or any URI pyarrow.fs opens, e.g. s3://).
+
+- ``.npz``: an image array (key ``image``/``images``/``imgs``/``x``, or the one named by ``image_column``) of shape
+  ``[N, H, W]``, ``[N, C, H, W]``, ``[N, H, W, C]`` or ``[N, d]``, and optionally integer factors ``[N, K]``
+  (key ``factors`` or ``latents_classes``, as in the published dSprites file) with ``factor_names``.
+- Parquet: one row per example; the image column holds encoded image bytes (PNG, …; also Hugging Face's
+  ``{bytes, path}`` struct) or a flat list of numbers (give ``image_shape`` unless it is a square single-channel
+  image); integer columns are the factors (or those named by ``factor_columns``).
+
+uint8 and bool images are scaled to [0, 1]; float data is used as it is. The held-out split is a seeded random
+``test_fraction`` of the rows.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Dataset
+
+_IMAGE_KEYS = ("image", "images", "imgs", "x")
+_FACTOR_KEYS = ("factors", "latents_classes")
+
+
+class DataFileError(ValueError):
+    """The user's data file cannot be used; the message names the file and what was expected."""
+
+
+def _open_bytes(path: str) -> bytes:
+    import pyarrow.fs
+
+    try:
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
+        with fs.open_input_file(inner) as f:
+            return f.read()
+    except (FileNotFoundError, OSError) as e:
+        raise DataFileError(f"dataset.path: cannot read {path}: {e}") from None
+
+
+def _load_npz(path: str, image_key: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    try:
+        npz = np.load(io.BytesIO(_open_bytes(path)), allow_pickle=False)
+    except ValueError as e:
+        raise DataFileError(f"dataset.path: {path} is not a readable .npz file ({e})") from None
+    keys = [image_key] if image_key in npz.files else [k for k in _IMAGE_KEYS if k in npz.files]
+    if not keys:
+        raise DataFileError(f"dataset.path: {path} has no image array (looked for {', '.join(_IMAGE_KEYS)}; "
+                            f"found {', '.join(npz.files)}); name it with dataset.image_column")  # fmt: skip
+    images = npz[keys[0]]
+    factor_key = next((k for k in _FACTOR_KEYS if k in npz.files), None)
+    factors = npz[factor_key] if factor_key else None
+    names = [str(n) for n in npz["factor_names"]] if "factor_names" in npz.files else None
+    return images, factors, names
+
+
+def _decode_image(value, shape: list[int] | None) -> np.ndarray:
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature
+        value = value.get("bytes")
+    if isinstance(value, (bytes, bytearray)):
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(value)))
+    arr = np.asarray(value)
+    if shape is not None:
+        return arr.reshape(shape)
+    side = math.isqrt(arr.size)
+    return arr.reshape(side, side) if side * side == arr.size else arr
+
+
+def _load_parquet(path: str, image_column: str, factor_columns: list[str] | None, image_shape: list[int] | None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(_open_bytes(path)))
+    except pa.ArrowInvalid as e:
+        raise DataFileError(f"dataset.path: {path} is not a readable Parquet file ({e})") from None
+    if image_column not in table.column_names:
+        raise DataFileError(f"dataset.image_column: {path} has no column {image_column!r} "
+                            f"(columns: {', '.join(table.column_names)})")  # fmt: skip
+    try:
+        images = np.stack([_decode_image(v, image_shape) for v in table.column(image_column).to_pylist()])
+    except (ValueError, OSError) as e:
+        raise DataFileError(f"dataset.image_column: cannot decode column {image_column!r} of {path}: {e}") from None
+    if factor_columns is None:
+        factor_columns = [c for c in table.column_names
+                          if c != image_column and pa.types.is_integer(table.schema.field(c).type)]  # fmt: skip
+    missing = [c for c in factor_columns if c not in table.column_names]
+    if missing:
+        raise DataFileError(f"dataset.factor_columns: {path} has no column {missing[0]!r}")
+    factors = np.stack([table.column(c).to_numpy() for c in factor_columns], axis=1) if factor_columns else None
+    return images, factors, factor_columns or None
+
+
+def _to_nchw(images: np.ndarray, path: str) -> np.ndarray:
+    if images.ndim == 2:
+        return images  # vectors [N, d]
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4:
+        if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+            return images.transpose(0, 3, 1, 2)
+        return images
+    raise DataFileError(f"dataset.path: {path}: expected images [N, H, W], [N, C, H, W], [N, H, W, C] or vectors "
+                        f"[N, d], got an array of shape {images.shape}")  # fmt: skip
+
+
+class FileDataset(Dataset):
+    """Examples read from a user's ``.npz`` or Parquet file, held in memory on the training device."""
+
+    name = "file"
+
+    def __init__(self, path: str, image_column: str = "image", factor_columns: list[str] | None = None,
+                 image_shape: list[int] | None = None, test_fraction: float = 0.1, split_seed: int = 0,
+                 device: torch.device | str = "cpu"):  # fmt: skip
+        suffix = path.lower().rsplit(".", 1)[-1]
+        if suffix == "npz":
+            images, factors, names = _load_npz(path, image_column)
+        elif suffix in ("parquet", "pq"):
+            images, factors, names = _load_parquet(path, image_column, factor_columns, image_shape)
+        else:
+            raise DataFileError(f"dataset.path: expected a .npz or .parquet file, got {path}")
+        images = _to_nchw(images, path)
+        n = images.shape[0]
+        if n < 2:
+            raise DataFileError(f"dataset.path: {path} holds {n} example(s); need at least 2 for a held-out split")
+        if images.dtype == np.bool_ or np.issubdtype(images.dtype, np.integer):
+            self._scale = 1.0 if images.dtype == np.bool_ or images.max() <= 1 else 1.0 / 255.0
+            self._storage = torch.from_numpy(np.ascontiguousarray(images.astype(np.uint8)))
+        elif np.issubdtype(images.dtype, np.floating):
+            self._scale, self._storage = None, torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        else:
+            raise DataFileError(f"dataset.path: {path}: expected numeric images, got dtype {images.dtype}")
+        if factors is not None:
+            if factors.shape[0] != n or not np.issubdtype(factors.dtype, np.integer):
+                raise DataFileError(f"dataset.path: {path}: factors must be integers with one row per image "
+                                    f"(got {factors.dtype} of shape {factors.shape} for {n} images)")  # fmt: skip
+            self.factors = torch.from_numpy(factors.astype(np.int64))
+            self.factor_names = tuple(names or [f"factor{i}" for i in range(factors.shape[1])])
+        else:
+            self.factors, self.factor_names = None, ()
+        self.example_shape = tuple(self._storage.shape[1:])
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        n_test = min(max(1, round(n * test_fraction)), n - 1)
+        self._test_idx, self._train_idx = perm[:n_test].sort().values, perm[n_test:]
+        self.path = path
+        self.to(device)
+
+    @property
+    def n_test(self) -> int:
+        return int(self._test_idx.numel())
+
+    @property
+    def test_factors(self) -> Tensor | None:
+        return None if self.factors is None else self.factors[self._test_idx.cpu()]
+
+    def to(self, device: torch.device | str) -> "FileDataset":
+        self.device = torch.device(device)
+        self._storage = self._storage.to(self.device)
+        self._test_idx, self._train_idx = self._test_idx.to(self.device), self._train_idx.to(self.device)
+        return self
+
+    def _as_float(self, raw: Tensor) -> Tensor:
+        return raw if self._scale is None else raw.float() * self._scale
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        pos = torch.randint(self._train_idx.numel(), (batch_size,), generator=generator, device=generator.device)
+        return self._as_float(self._storage[self._train_idx[pos.to(self.device)]])
+
+    def test_batches(self, batch_size: int) -> Iterator[Tensor]:
+        for idx in self._test_idx.split(batch_size):
+            yield self._as_float(self._storage[idx])

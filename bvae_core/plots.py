@@ -1,0 +1,94 @@
+"""Figures of one trained model: reconstructions, latent traversals ordered by KL (Burgess et al. 2018, Fig. 4) and
+the KL of each latent dimension. Each function returns a matplotlib Figure; :func:`save_model_plots` writes PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .data.base import Dataset  # noqa: E402
+from .models import VAE  # noqa: E402
+from .objectives import Likelihood  # noqa: E402
+
+
+def _image_grid(images: torch.Tensor, rows: int, cols: int, row_labels: list[str] | None = None,
+                title: str = "") -> Figure:  # fmt: skip
+    """``images [rows*cols, C, H, W]`` in [0, 1] as a grid."""
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + (0.8 if row_labels else 0), rows * 0.9), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        img = images[i].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([]), ax.set_yticks([])
+    if row_labels:
+        for r, label in enumerate(row_labels):
+            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def reconstructions(model: VAE, likelihood: Likelihood, x: torch.Tensor, n: int = 8) -> Figure:
+    """Top row: held-out inputs; bottom row: decoded means at the posterior means."""
+    model.eval()
+    x = x[:n]
+    mu, _ = model.encode(x)
+    recon = likelihood.mean(model.decode(mu).float())
+    return _image_grid(torch.cat([x, recon]), 2, x.shape[0], ["input", "recon"], "reconstructions (held out)")
+
+
+@torch.no_grad()
+def traversals(model: VAE, likelihood: Likelihood, x: torch.Tensor, kl_per_dim: list[float], steps: int = 9,
+               limit: float = 2.5) -> Figure:  # fmt: skip
+    """One row per latent, ordered by decreasing KL: z_i swept over [−limit, limit] with the other latents at the
+    posterior mean of one held-out example (Burgess et al. 2018, Fig. 4)."""
+    model.eval()
+    mu, _ = model.encode(x[:1])
+    order = sorted(range(len(kl_per_dim)), key=lambda i: -kl_per_dim[i])
+    values = torch.linspace(-limit, limit, steps, device=mu.device)
+    z = mu.repeat(len(order) * steps, 1)
+    for row, dim in enumerate(order):
+        z[row * steps : (row + 1) * steps, dim] = values
+    images = likelihood.mean(model.decode(z).float())
+    labels = [f"z{d} {kl_per_dim[d]:.2f}" for d in order]
+    return _image_grid(images, len(order), steps, labels, f"traversals z ∈ [−{limit}, {limit}], rows by KL (nats)")
+
+
+def kl_per_dimension(kl_per_dim: list[float]) -> Figure:
+    """Bar chart of each latent's mean KL in nats, sorted."""
+    order = sorted(range(len(kl_per_dim)), key=lambda i: -kl_per_dim[i])
+    fig, ax = plt.subplots(figsize=(max(3, 0.4 * len(order) + 1), 2.6))
+    ax.bar(range(len(order)), [kl_per_dim[i] for i in order], color="tab:blue")
+    ax.set_xticks(range(len(order)), [f"z{i}" for i in order], fontsize=7)
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(f"KL per latent (total {sum(kl_per_dim):.2f} nats)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_model_plots(model: VAE, likelihood: Likelihood, dataset: Dataset, metrics: dict[str, float],
+                     out_dir: str | Path) -> list[Path]:  # fmt: skip
+    """Write ``kl_per_dim.png`` and, for image data, ``reconstructions.png`` and ``traversals.png``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    kl = [metrics[f"kl/{i}"] for i in range(model.latent_dim)]
+    figures = {"kl_per_dim.png": kl_per_dimension(kl)}
+    if dataset.is_image:
+        x = next(dataset.test_batches(16))
+        figures["reconstructions.png"] = reconstructions(model, likelihood, x)
+        figures["traversals.png"] = traversals(model, likelihood, x, kl)
+    paths = []
+    for name, fig in figures.items():
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        paths.append(out_dir / name)
+    model.train(was_training)
+    return paths

@@ -1,0 +1,209 @@
+"""The β-VAE trainer: config → data, model, objective; ``fit(steps)``, ``evaluate()``, exact checkpoints.
+
+Read top to bottom: construction, one training step, the loop, evaluation, state. The hot loop never syncs the host
+with the device: training metrics and the first non-finite step are accumulated on the device and read every
+``train.log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig, parse_config
+from .data import Dataset, make_dataset
+from .evaluation import evaluate
+from .models import build_model
+from .objectives import beta_vae_loss, capacity_loss, gaussian_kl, make_likelihood
+from .schedules import ScheduleValue, schedule_value
+
+TERMS = ("loss", "rate", "distortion")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the message names the step and the term."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name} requested but CUDA is not available on this machine")
+    return device
+
+
+class Trainer:
+    """Trains one β-VAE from a :class:`~bvae_core.config.TrainConfig` (or an equivalent dict)."""
+
+    def __init__(self, config: TrainConfig | dict[str, Any], dataset: Dataset | None = None):
+        self.config = cfg = parse_config(config)
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(cfg.train.threads)
+        options = cfg.dataset.model_dump(exclude={"name"})
+        self.dataset = dataset.to(self.device) if dataset is not None else make_dataset(cfg.dataset.name, self.device, **options)
+        self.likelihood = make_likelihood(cfg.model.likelihood.kind, getattr(cfg.model.likelihood, "sigma", 1.0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg.model.arch, self.dataset.example_shape, cfg.model.latent_dim, cfg.model.hidden)
+        self.channels_last = cfg.train.channels_last and len(self.dataset.example_shape) == 3
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, fused=self.device.type in ("cpu", "cuda"))  # fused: one kernel, no .item() per parameter
+        self.autocast = self._autocast_context(cfg.train.precision)
+        # Two generators on the training device: one for batches, one for the reparameterisation noise.
+        self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.step = 0
+        self._sums = torch.zeros(len(TERMS), device=self.device)  # sums of the terms since the last log
+        self._sum_count = 0
+        self._first_bad_step = torch.tensor(-1, device=self.device)  # first step with a non-finite term, or -1
+        self._bad_terms = torch.zeros(len(TERMS), device=self.device)  # the terms at that step
+
+    def _autocast_context(self, precision: str) -> Callable[[], Any]:
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision == "fp32":
+            return nullcontext
+        return partial(torch.autocast, device_type=self.device.type, dtype=torch.bfloat16)
+
+    # ------------------------------------------------------------------ one step
+    def schedule(self, step: int | None = None) -> ScheduleValue:
+        """β(t), C(t) and free bits at ``step`` (default: the current step)."""
+        return schedule_value(self.config.objective.schedule, self.config.objective.beta, self.step if step is None else step)
+
+    def _train_step(self) -> None:
+        cfg = self.config
+        x = self.dataset.train_batch(cfg.train.batch_size, self.data_generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        eps = torch.randn(x.shape[0], self.model.latent_dim, generator=self.noise_generator, device=self.device)
+        with self.autocast():
+            out, mu, logvar = self.model(x, eps)
+        distortion, _ = self.likelihood.nll(out, x)
+        kl = gaussian_kl(mu, logvar)
+        sched = self.schedule()
+        if sched.capacity is not None:
+            loss = capacity_loss(distortion, kl, sched.capacity, sched.beta)
+        else:
+            loss = beta_vae_loss(distortion, kl, sched.beta, sched.free_bits)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            terms = torch.stack([loss.detach(), kl.detach().sum(1).mean(), distortion.detach().mean()])
+            finite = torch.isfinite(terms).all()
+            first = (self._first_bad_step < 0) & ~finite
+            self._first_bad_step = torch.where(first, self.step, self._first_bad_step)
+            self._bad_terms = torch.where(first, terms, self._bad_terms)
+            self._sums += terms
+        self._sum_count += 1
+        self.step += 1
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, steps: int | None = None, on_log: Callable[[dict[str, float]], None] | None = None) -> None:
+        """Train ``steps`` more steps (default: up to ``train.steps``). ``on_log`` receives the training metrics every
+        ``train.log_every`` steps. Raises :class:`NonFiniteLossError` naming the first step whose loss was not
+        finite."""
+        steps = self.config.train.steps - self.step if steps is None else steps
+        self.model.train()
+        log_every = self.config.train.log_every
+        started, start_step = time.perf_counter(), self.step
+        for _ in range(steps):
+            self._train_step()
+            if self.step % log_every == 0 or self.step == start_step + steps:
+                metrics = self.train_metrics()
+                if on_log is not None:
+                    elapsed = time.perf_counter() - started
+                    metrics["images_per_s"] = (self.step - start_step) * self.config.train.batch_size / max(elapsed, 1e-9)
+                    on_log(metrics)
+
+    def train_metrics(self) -> dict[str, float]:
+        """Means of the training terms since the last call (one host sync); raises on a non-finite loss."""
+        self.check_finite()
+        values = (self._sums / max(self._sum_count, 1)).tolist()
+        self._sums.zero_()
+        self._sum_count = 0
+        metrics = {"step": float(self.step), **{f"train/{name}": v for name, v in zip(TERMS, values)}}
+        sched = self.schedule()
+        if sched.capacity is not None:
+            metrics["capacity"] = sched.capacity
+        else:
+            metrics["beta"] = sched.beta
+        return metrics
+
+    def check_finite(self) -> None:
+        bad_step = int(self._first_bad_step)
+        if bad_step >= 0:
+            terms = dict(zip(TERMS, self._bad_terms.tolist()))
+            culprit = next((t for t in ("distortion", "rate") if not math.isfinite(terms[t])), "loss")
+            raise NonFiniteLossError(
+                f"non-finite {culprit} at step {bad_step} (loss={terms['loss']}, rate={terms['rate']}, "
+                f"distortion={terms['distortion']}); lower train.lr or check the data and the likelihood"
+            )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Held-out rate, distortion, nelbo, (sse), kl/<i>, active_units, plus β or C(t) at the current step."""
+        t = self.config.train
+        metrics = evaluate(self.model, self.likelihood, self.dataset, batch_size=t.eval_batch_size, n_eval=t.n_eval,
+                           seed=self.config.seed, autocast=self.autocast)  # fmt: skip
+        sched = self.schedule()
+        if sched.capacity is not None:
+            metrics["capacity"] = sched.capacity
+        else:
+            metrics["beta"] = sched.beta
+        metrics["step"] = float(self.step)
+        return metrics
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically: model, optimizer, both RNGs, step (hence schedule)."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data_generator": self.data_generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "first_bad_step": self._first_bad_step.clone(),
+            "bad_terms": self._bad_terms.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data_generator.set_state(state["data_generator"].cpu())
+        self.noise_generator.set_state(state["noise_generator"].cpu())
+        self._first_bad_step = state["first_bad_step"].to(self.device)
+        self._bad_terms = state["bad_terms"].to(self.device)
+        self._sums.zero_()
+        self._sum_count = 0
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint (config included) that :meth:`load` restores."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)  # never leave a half-written checkpoint
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> "Trainer":
+        """Rebuild a trainer from a checkpoint written by :meth:`save` (``overrides`` e.g. ``device="cpu"``)."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        config = state["config"]
+        if overrides:
+            config = {**config, "train": {**config["train"], **overrides}}
+        trainer = cls(config)
+        trainer.load_state_dict(state)
+        return trainer
