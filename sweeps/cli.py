@@ -36,10 +36,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run, resume or submit a sweep (Ray Tune + Optuna, tracked in MLflow)")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    for verb, text in (("run", "run a sweep from a spec"), ("resume", "continue an interrupted sweep from its storage")):
+        v = verbs.add_parser(verb, help=text, description=text)
+        v.add_argument("spec", help="sweep spec (YAML)")
+        v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a spec value, e.g. --set search.trials=8 or --set base.train.steps=500")  # fmt: skip
+        _add_tracking_uri(v)
+        v.set_defaults(func=_cmd_sweep, resume=verb == "resume")
+
+
+def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    from .progress import summary_table
+    from .runner import run_sweep, ui_command
+
+    outcome = run_sweep(spec, resume=args.resume, tracking_uri=args.tracking_uri)
+    print(summary_table(outcome.rows))
+    done = sum(r.status == "COMPLETED" for r in outcome.rows)
+    print(f"\n{done}/{len(outcome.rows)} trials completed. Tracking: {outcome.tracking_uri} "
+          f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})")  # fmt: skip
+    print(f"Open the MLflow UI: {ui_command(outcome.tracking_uri)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bvae", description="β-VAE rate-distortion sweeps: train, sweep, pick β.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_sweep(sub)
     return parser
 
 

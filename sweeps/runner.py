@@ -1,0 +1,154 @@
+"""Build and run, resume or submit a Ray Tune sweep from a :class:`~sweeps.spec.SweepSpec`."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .spec import SpecError, SweepSpec
+
+#: No calls home, and Ray kept on loopback (STACK.md "Keep every byte on this machine").
+LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers: MLflow is the record
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_MAX_PENDING_TRIALS_PG": "1",
+}
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished ``bvae sweep run/resume`` returns."""
+
+    experiment_path: str
+    tracking_uri: str
+    parent_run_id: str | None
+    rows: list  # progress.TrialRow per trial
+    study: Any = None  # the Optuna study (when the search ran in this process)
+
+
+def storage_root(spec: SweepSpec) -> str:
+    """Absolute local folder or URI (s3://…) under which Tune keeps the sweep's experiment."""
+    path = spec.storage.path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def experiment_path(spec: SweepSpec) -> str:
+    return f"{storage_root(spec).rstrip('/')}/{spec.name}"
+
+
+def sweep_key(spec: SweepSpec) -> str:
+    """A stable identity of the sweep across driver restarts: where its Tune experiment lives."""
+    return experiment_path(spec)
+
+
+def init_ray(spec: SweepSpec) -> None:
+    import ray
+
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    if spec.ray.address is None:
+        ray.init(num_cpus=spec.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=True, logging_level="WARNING", log_to_driver=False)  # fmt: skip
+    else:
+        ray.init(address=spec.ray.address, log_to_driver=False, logging_level="WARNING")
+
+
+def default_concurrency(spec: SweepSpec) -> int:
+    """Trials at once: ``search.concurrency``, else as many as the cluster's CPUs/GPUs fit (one-thread trials packed
+    one per core), never more than the number of trials."""
+    if spec.search.concurrency is not None:
+        return min(spec.search.concurrency, spec.search.trials)
+    import ray
+
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 1) // spec.resources.cpu)
+    if spec.resources.gpu > 0:
+        fits = min(fits, int(total.get("GPU", 0) // spec.resources.gpu) or 1)
+    return max(1, min(fits, spec.search.trials))
+
+
+def _rows_from_results(results) -> list:
+    from .progress import TrialRow, trial_status
+
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        row = TrialRow(str(metrics.get("trial_id", Path(result.path).name)), dict(result.config or {}))
+        row.step = int(metrics.get("step", 0) or 0)
+        row.rate, row.distortion = metrics.get("rate", math.nan), metrics.get("distortion", math.nan)
+        row.status = trial_status(metrics, error=result.error is not None)
+        rows.append(row)
+    return rows
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = None) -> SweepOutcome:
+    """Run (or, with ``resume``, continue) the sweep; return when every trial has ended."""
+    from ray import tune
+
+    from .progress import SweepProgress
+    from .search import build_scheduler, build_searcher, grid_size, optuna_study
+    from .tracking import MLflowTracking, resolve_tracking_uri
+    from .trainable import train_trial
+
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
+    path = experiment_path(spec)
+    init_ray(spec)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec.raw),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
+    exists = tune.Tuner.can_restore(path)
+    searcher = None
+    if resume:
+        if not exists:
+            raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if exists:
+            raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
+                            f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
+        trials = spec.search.trials
+        if spec.search.sampler == "grid":
+            trials = min(trials, grid_size(spec))
+        concurrency = default_concurrency(spec)
+        searcher = build_searcher(spec, concurrency)
+        tracking = MLflowTracking(uri, spec.experiment, spec.name, sweep_key(spec), spec.raw)
+        progress = SweepProgress(trials, spec.base_config.train.steps)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
+                                        num_samples=trials, reuse_actors=True),  # fmt: skip
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=storage_root(spec),
+                callbacks=[tracking, progress],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                verbose=0,
+            ),
+        )
+        print(f"sweep {spec.name}: {trials} trials, {concurrency} at a time, sampler {spec.search.sampler}; "
+              f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
+    results = tuner.fit()
+    study = optuna_study(searcher) if searcher is not None else None  # a restored searcher lives inside Tune
+    from mlflow import MlflowClient
+
+    from .tracking import find_parent_run
+
+    parent = find_parent_run(MlflowClient(uri), spec.experiment, sweep_key(spec))
+    return SweepOutcome(path, uri, parent.info.run_id if parent else None, _rows_from_results(results), study)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this sweep's store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"

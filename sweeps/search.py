@@ -1,0 +1,115 @@
+"""Optuna through Ray Tune's ``OptunaSearch``, multi-objective, with the stock integration's gaps corrected:
+
+- a trial stopped early by a scheduler is told to Optuna as PRUNED (stock: COMPLETE with its partial values);
+- a trial with a non-finite or missing objective, or one that errored, is told as FAIL (stock: left RUNNING);
+- concurrency through ``ConcurrencyLimiter``; an optional ASHA scheduler on a metric the spec names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from .space import DefineByRun, grid_values
+from .spec import SweepSpec
+
+logger = logging.getLogger(__name__)
+
+#: set by the trainable on the report after its last training step: the trial ran to the end.
+DONE_KEY = "done_training"
+
+
+def trial_state(result: dict[str, Any] | None, objectives: list[str], error: bool) -> tuple[optuna.trial.TrialState, list[float] | None]:
+    """The Optuna state and values a finished Tune trial should be told with."""
+    if error or not result:
+        return optuna.trial.TrialState.FAIL, None
+    values = [result.get(name) for name in objectives]
+    if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        return optuna.trial.TrialState.FAIL, None
+    if not result.get(DONE_KEY):
+        return optuna.trial.TrialState.PRUNED, None
+    return optuna.trial.TrialState.COMPLETE, [float(v) for v in values]
+
+
+class SweepSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna the truth about how each trial ended."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, values = trial_state(result, list(self.metric), error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        except Exception as exc:  # never leave the study RUNNING because of a bookkeeping error
+            logger.warning("could not tell Optuna about trial %s (%s); marking it FAIL", trial_id, exc)
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        self._completed_trials.add(trial_id)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler calls ``study.stop()`` after the last grid point, which is only legal inside ``optimize``; under
+    Tune's ask/tell the trial count already bounds the sweep, so skip that."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError:
+            pass
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """The sampler the spec names, seeded. Startup (random) trials scale with the budget so small sweeps still
+    get model-based proposals."""
+    s = spec.search
+    startup = max(4, min(10, s.trials // 3))
+    if s.sampler == "tpe":
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # `group` is stable enough
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup, multivariate=True, group=True,
+                                          constant_liar=True)  # fmt: skip
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, min(50, s.trials // 3)))
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup, warn_independent_sampling=False)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "grid":
+        return _AskTellGridSampler(grid_values(spec.space), seed=s.seed)
+    raise ValueError(f"search.sampler: unknown sampler {s.sampler!r}")
+
+
+def grid_size(spec: SweepSpec) -> int:
+    return math.prod(len(v) for v in grid_values(spec.space).values())
+
+
+def build_searcher(spec: SweepSpec, concurrency: int) -> ConcurrencyLimiter:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = SweepSearch(space=DefineByRun(spec.space), metric=list(spec.search.objectives),
+                           mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec),
+                           seed=spec.search.seed)  # fmt: skip
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+
+
+def build_scheduler(spec: SweepSpec) -> TrialScheduler | None:
+    settings = spec.search.scheduler
+    if settings is None:
+        return None
+    evaluations = math.ceil(spec.base_config.train.steps / spec.base_config.train.eval_every)
+    return ASHAScheduler(time_attr="training_iteration", metric=settings.metric, mode=settings.mode,
+                         max_t=evaluations, grace_period=min(settings.grace_period, evaluations),
+                         reduction_factor=settings.reduction_factor)  # fmt: skip
+
+
+def optuna_study(searcher: ConcurrencyLimiter | SweepSearch) -> optuna.Study:
+    inner = searcher.searcher if isinstance(searcher, ConcurrencyLimiter) else searcher
+    return inner.study

@@ -1,0 +1,313 @@
+"""The sweep spec: a train config (``base``) plus ``search``, ``resources``, ``tracking``, ``storage`` and ``ray``
+(DESIGN §3). Parsed and validated once, before anything starts; every error names its field (``SpecError``)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bvae_core.config import ConfigError, TrainConfig, _describe, load_config_file, parse_config, set_dotted
+
+
+class SpecError(ConfigError):
+    """A sweep spec is wrong; one line naming the field and what was expected."""
+
+
+# ---------------------------------------------------------------- distributions
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical choice; options may be plain values or mappings that nest further distributions."""
+
+    options: tuple[Any, ...]
+
+    def labels(self) -> list[str | int | float | bool | None]:
+        """Optuna-friendly labels: plain values as they are; mappings by their ``kind``/``name`` when unique."""
+        if all(o is None or isinstance(o, (str, int, float, bool)) for o in self.options):
+            return list(self.options)
+        keys = [o.get("kind", o.get("name")) if isinstance(o, dict) else None for o in self.options]
+        if all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys):
+            return keys
+        return [str(i) for i in range(len(self.options))]
+
+
+Distribution = LogUniform | Uniform | IntRange | Choice
+_DIST_KEYS = ("log_uniform", "uniform", "int", "int_log", "choice")
+
+
+def is_distribution(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _DIST_KEYS
+
+
+def parse_distribution(value: Any, where: str) -> Distribution:
+    """``{log_uniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{int: [lo, hi]}``, ``{int_log: [lo, hi]}`` or
+    ``{choice: [...]}`` (whose mappings may nest distributions) → a typed distribution."""
+    if not is_distribution(value):
+        raise SpecError(f"{where}: expected one of {{{', '.join(k + ': …' for k in _DIST_KEYS)}}}, got {value!r}")
+    kind, arg = next(iter(value.items()))
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise SpecError(f"{where}.choice: expected a non-empty list of options, got {arg!r}")
+        for i, option in enumerate(arg):
+            for path, sub in nested_distributions(option):
+                parse_distribution(sub, f"{where}.choice[{i}].{path}")
+        return Choice(tuple(arg))
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            for v in arg)):  # fmt: skip
+        raise SpecError(f"{where}.{kind}: expected [low, high] numbers, got {arg!r}")
+    low, high = arg
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise SpecError(f"{where}.{kind}: expected low < high, got [{low}, {high}]")
+    if kind == "log_uniform":
+        if low <= 0:
+            raise SpecError(f"{where}.log_uniform: expected 0 < low, got {low}")
+        return LogUniform(float(low), float(high))
+    if kind == "uniform":
+        return Uniform(float(low), float(high))
+    if not (float(low).is_integer() and float(high).is_integer()):
+        raise SpecError(f"{where}.{kind}: expected integer bounds, got [{low}, {high}]")
+    if kind == "int_log" and low <= 0:
+        raise SpecError(f"{where}.int_log: expected 0 < low, got {low}")
+    return IntRange(int(low), int(high), log=kind == "int_log")
+
+
+def nested_distributions(option: Any, prefix: str = "") -> list[tuple[str, dict]]:
+    """(dotted path, distribution mapping) for every distribution nested inside a choice option."""
+    if is_distribution(option):
+        return [(prefix.rstrip("."), option)]
+    if isinstance(option, dict):
+        found = []
+        for key, value in option.items():
+            found += nested_distributions(value, f"{prefix}{key}.")
+        return found
+    return []
+
+
+def representative(value: Any, pick: str = "low") -> Any:
+    """A concrete value of a distribution (its low or high end, or each choice's first option) for validation."""
+    if is_distribution(value):
+        kind, arg = next(iter(value.items()))
+        if kind == "choice":
+            return representative(arg[0], pick)
+        return arg[0] if pick == "low" else arg[1]
+    if isinstance(value, dict):
+        return {k: representative(v, pick) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------- settings
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchedulerSettings(_Strict):
+    """Early stopping with ASHA (Li et al. 2020) on one metric, at evaluation granularity."""
+
+    kind: Literal["asha"] = "asha"
+    metric: str = "nelbo"
+    mode: Literal["min", "max"] = "min"
+    grace_period: Annotated[int, Field(gt=0)] = 1  # evaluations before a trial can be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class SearchSettings(_Strict):
+    objectives: list[Literal["rate", "distortion", "nelbo"]] = ["rate", "distortion"]
+    sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
+    trials: Annotated[int, Field(gt=0)] = 16
+    concurrency: Annotated[int, Field(gt=0)] | None = None  # None: as many as the resources allow
+    seed: int = 0
+    space: dict[str, Any]
+    scheduler: SchedulerSettings | None = None
+    max_failures: Annotated[int, Field(ge=0)] = 1  # retries of a trial whose worker died (from its checkpoint)
+
+
+class ResourceSettings(_Strict):
+    cpu: Annotated[float, Field(gt=0)] = 1.0
+    gpu: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrackingSettings(_Strict):
+    uri: str | None = None  # None: sqlite:///mlflow.db in the working directory
+    experiment: str | None = None  # None: the sweep name
+
+
+class StorageSettings(_Strict):
+    path: str = "./ray_results"  # or s3://bucket/prefix
+
+
+class RaySettings(_Strict):
+    address: str | None = None  # None: embedded local Ray; "auto" or ray://… for a cluster
+    num_cpus: Annotated[int, Field(gt=0)] | None = None  # embedded Ray only: cores to use (default: all)
+
+
+class _SpecModel(_Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    base: dict[str, Any]
+    search: SearchSettings
+    resources: ResourceSettings = ResourceSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    storage: StorageSettings = StorageSettings()
+    ray: RaySettings = RaySettings()
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep spec. ``raw`` is the mapping it came from (logged as the parent run's ``spec.yaml``)."""
+
+    name: str
+    base: dict[str, Any]
+    base_config: TrainConfig
+    space: dict[str, Distribution]
+    search: SearchSettings
+    resources: ResourceSettings
+    tracking: TrackingSettings
+    storage: StorageSettings
+    ray: RaySettings
+    raw: dict[str, Any]
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Flat sampled parameters (Optuna's, e.g. ``objective.schedule: linear_capacity`` and
+        ``objective.schedule.c_max: 12.5``) → ``{path: value}`` with each chosen mapping filled in."""
+        return resolve_params(self.space, params)
+
+    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The train config of one trial: ``base`` with the sampled flat ``params`` applied."""
+        return parse_config(apply_params(self.base, self.resolve(params), self.resources))
+
+
+def _fill(option: Any, prefix: str, params: dict[str, Any]) -> Any:
+    if is_distribution(option):
+        if prefix not in params:
+            raise KeyError(prefix)
+        return params[prefix]
+    if isinstance(option, dict):
+        return {k: _fill(v, f"{prefix}.{k}", params) for k, v in option.items()}
+    return option
+
+
+def resolve_params(space: dict[str, Distribution], params: dict[str, Any]) -> dict[str, Any]:
+    """See :meth:`SweepSpec.resolve`. Raises ``KeyError`` naming a parameter that is missing."""
+    resolved = {}
+    for path, dist in space.items():
+        value = params[path]
+        if isinstance(dist, Choice):
+            labels = dist.labels()
+            option = dist.options[labels.index(value)]
+            value = _fill(option, path, params) if isinstance(option, dict) else option
+        resolved[path] = value
+    return resolved
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any], resources: ResourceSettings | None = None) -> dict:
+    """``base`` with each ``path: value`` set (shorter paths first, so a chosen mapping's nested values win)."""
+    data = copy.deepcopy(base)
+    for path in sorted(params, key=lambda p: p.count(".")):
+        set_dotted(data, path, copy.deepcopy(params[path]))
+    if resources is not None and resources.gpu == 0:
+        train = data.setdefault("train", {})
+        train.setdefault("threads", max(1, int(resources.cpu)))  # one-thread trials packed one per core
+    return data
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
+    """Validate a sweep spec mapping; raise :class:`SpecError` naming the field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping with name, base and search, got {type(data).__name__}")
+    try:
+        model = _SpecModel.model_validate(data)
+    except ValidationError as e:
+        errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+        raise SpecError(_describe(errors[0])) from None
+    try:
+        base_config = parse_config(model.base)
+    except ConfigError as e:
+        raise SpecError(f"base.{e}") from None
+    if not model.search.space:
+        raise SpecError("search.space: expected at least one dotted path to search, e.g. objective.beta")
+    space = {path: parse_distribution(value, f"search.space.{path}") for path, value in model.search.space.items()}
+    _check_paths(model, space)
+    _check_nested_names(space)
+    if model.search.sampler == "grid":
+        for path, dist in space.items():
+            if not isinstance(dist, Choice) or any(nested_distributions(o) for o in dist.options):
+                raise SpecError(f"search.space.{path}: the grid sampler needs a plain choice list of values")
+    if model.search.scheduler is not None and model.search.scheduler.metric not in _SCHEDULER_METRICS:
+        raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
+                        f"got {model.search.scheduler.metric!r}")  # fmt: skip
+    if model.resources.gpu > 1 and not float(model.resources.gpu).is_integer():
+        raise SpecError(f"resources.gpu: expected a fraction ≤ 1 or a whole number, got {model.resources.gpu}")
+    return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
+                     resources=model.resources, tracking=model.tracking, storage=model.storage, ray=model.ray,
+                     raw=data)  # fmt: skip
+
+
+_SCHEDULER_METRICS = ("nelbo", "rate", "distortion", "train/loss")
+
+
+def _check_paths(model: _SpecModel, space: dict[str, Distribution]) -> None:
+    """Every search path must land on a field of the train config and every value it can take must be valid there."""
+    for pick in ("low", "high"):
+        for path, value in model.search.space.items():
+            options = value["choice"] if isinstance(space[path], Choice) else [value]
+            for option in options:
+                data = copy.deepcopy(model.base)
+                set_dotted(data, path, representative(option, pick))
+                try:
+                    parse_config(data)
+                except ConfigError as e:
+                    message = str(e)
+                    if "unknown key" in message:
+                        message = f"{path} is not a field of the train config ({message})"
+                    raise SpecError(f"search.space.{path}: {message}") from None
+
+
+def _check_nested_names(space: dict[str, Distribution]) -> None:
+    """Nested parameters are named ``<path>.<sub-path>``; two options may share a name only with one distribution."""
+    for path, dist in space.items():
+        if not isinstance(dist, Choice):
+            continue
+        seen: dict[str, Any] = {}
+        for option in dist.options:
+            for sub, value in nested_distributions(option):
+                if seen.setdefault(sub, value) != value:
+                    raise SpecError(f"search.space.{path}: options nest {sub} with different distributions "
+                                    f"({seen[sub]} and {value}); give them the same one")  # fmt: skip
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """Read a spec file and apply ``--set key.path=value`` overrides (paths into the spec, e.g. base.train.steps)."""
+    data = load_config_file(path, list(overrides))
+    data.setdefault("name", Path(path).stem)
+    return parse_spec(data, str(path))
+
+
+def dump_spec(spec: SweepSpec) -> str:
+    return yaml.safe_dump(spec.raw, sort_keys=False)

@@ -1,0 +1,61 @@
+"""The Ray Tune trainable: a trial's flat parameters → :class:`bvae_core.Trainer`; report the contract metrics and a
+checkpoint every ``train.eval_every`` steps; continue from ``tune.get_checkpoint()`` after a restore."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from bvae_core import NonFiniteLossError, Trainer
+from bvae_core.data import Dataset, make_dataset
+from bvae_core.trainer import resolve_device
+
+from .search import DONE_KEY
+from .spec import parse_spec
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+# Datasets built in this worker process, reused by later trials on the same actor (reuse_actors=True): dSprites'
+# render tables cost seconds to build and are the same for every trial.
+_DATASETS: dict[str, Dataset] = {}
+
+
+def _dataset_for(config) -> Dataset:
+    device = resolve_device(config.train.device)
+    key = json.dumps([config.dataset.model_dump(mode="json"), str(device)], sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS.clear()  # keep one: a worker serves one sweep
+        options = config.dataset.model_dump(exclude={"name"})
+        _DATASETS[key] = make_dataset(config.dataset.name, device, **options)
+    return _DATASETS[key]
+
+
+def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Function trainable. ``params`` are the trial's flat sampled parameters; ``spec`` the raw sweep spec."""
+    config = parse_spec(spec).trial_config(params)
+    trainer = Trainer(config, dataset=_dataset_for(config))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False))
+    total, latest_train = config.train.steps, {}
+    while trainer.step < total:
+        try:
+            trainer.fit(min(config.train.eval_every, total - trainer.step), on_log=latest_train.update)
+        except NonFiniteLossError as e:
+            # No retry can help a diverged trial: report it as such (the searcher tells Optuna FAIL).
+            tune.report({"rate": math.nan, "distortion": math.nan, "step": float(trainer.step), DONE_KEY: False,
+                         "error": str(e)})  # fmt: skip
+            return
+        metrics = trainer.evaluate()
+        metrics.update({k: v for k, v in latest_train.items() if k.startswith("train/")})
+        metrics[DONE_KEY] = trainer.step >= total
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(Path(folder) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

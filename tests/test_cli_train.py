@@ -1,0 +1,103 @@
+"""`bvae train` as a user runs it: validation errors exit 2 with one line naming the field; a run prints progress
+and the final metrics as JSON on its last line; --out writes checkpoint, resolved config, metrics and plots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bvae_core import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 1,
+    "dataset": {"name": "blobs", "resolution": 32, "grid": 8, "n_test": 16},
+    "model": {"arch": "burgess", "latent_dim": 3, "likelihood": {"kind": "bernoulli"}},
+    "objective": {"beta": 4.0, "schedule": {"kind": "constant"}},
+    "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "log_every": 5},
+}
+
+
+def bvae(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_train_prints_progress_and_final_json(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    result = bvae("train", str(tiny_config), "--out", str(out), "--set", "objective.beta=2")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["beta"] == 2.0 and metrics["step"] == 20
+    assert {"rate", "distortion", "nelbo", "active_units", "kl/0", "kl/2"} <= metrics.keys()
+    assert metrics["nelbo"] == pytest.approx(metrics["rate"] + metrics["distortion"])
+    assert "eval step 10" in result.stderr and "step 20/20" in result.stderr
+    for name in ("checkpoint.pt", "config.yaml", "metrics.json", "reconstructions.png", "traversals.png",
+                 "kl_per_dim.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["objective"]["beta"] == 2.0 and resolved["train"]["lr"] == 5.0e-4  # defaults filled in
+    # the checkpoint restores the model that produced the metrics
+    restored = Trainer.load(out / "checkpoint.pt")
+    assert restored.step == 20
+    assert restored.evaluate()["rate"] == pytest.approx(metrics["rate"], rel=1e-6)
+
+
+def test_same_config_same_numbers(tiny_config):
+    a, b = (json.loads(bvae("train", str(tiny_config), "--quiet").stdout.splitlines()[-1]) for _ in range(2))
+    assert a == b
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train.stepz=3", "train.stepz: unknown key"),
+    ("objective.beta=-1", "objective.beta: input should be greater than 0"),
+    ("train.steps=abc", "train.steps: input should be a valid integer"),
+    ("dataset.resolution=48", "dataset.resolution: input should be 64 or 32"),
+    ("objective.schedule.kind=cosine", "objective.schedule.kind: expected one of"),
+    ("model.arch=resnet", "model.arch: input should be"),
+    ("train.eval_every=1000", "train.eval_every: expected ≤ train.steps"),
+    ("dataset.n_test=64", "dataset.n_test: expected 0 < n_test < 64"),
+])  # fmt: skip
+def test_bad_config_exits_2_with_one_line_naming_the_field(tiny_config, override, field, capsys):
+    from sweeps.cli import main
+
+    assert main(["train", str(tiny_config), "--set", override]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], captured.err
+    assert captured.out == ""
+
+
+def test_missing_and_malformed_files_exit_2(tmp_path):
+    missing = bvae("train", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: {name: blobs\nmodel: [")
+    malformed = bvae("train", str(bad))
+    assert malformed.returncode == 2 and "not valid YAML" in malformed.stderr
+    assert len(malformed.stderr.strip().splitlines()) == 1
+    data_missing = tmp_path / "f.yaml"
+    data_missing.write_text(yaml.safe_dump({**TINY, "dataset": {"name": "file", "path": str(tmp_path / "x.npz")}}))
+    result = bvae("train", str(data_missing))
+    assert result.returncode == 2 and "dataset.path" in result.stderr
+
+
+def test_shipped_configs_validate():
+    from bvae_core.config import load_config_file, parse_config
+
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        parse_config(load_config_file(path))

@@ -1,0 +1,115 @@
+"""Blobs, the Gaussian source and user files (.npz, Parquet): shapes, factors, splits and clear errors."""
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bvae_core.data import DataFileError, FileDataset, GaussianSource, make_dataset
+
+
+def test_blobs_factors_and_rendering():
+    ds = make_dataset("blobs", resolution=32, grid=8, sigma=1.5)
+    assert ds.factor_names == ("posX", "posY") and ds.factor_sizes == (8, 8)
+    f = torch.tensor([[0, 0], [7, 0], [0, 7]])
+    img = ds.render(f)
+    assert img.shape == (3, 1, 32, 32) and img.min() >= 0 and img.max() <= 1
+    # the brightest pixel moves right with posX and down with posY
+    peak = [divmod(int(i.argmax()), 32) for i in img[:, 0]]  # (row, col)
+    assert peak[1][1] > peak[0][1] and peak[1][0] == peak[0][0]
+    assert peak[2][0] > peak[0][0] and peak[2][1] == peak[0][1]
+
+
+def test_ground_truth_split_is_disjoint_and_batches_come_from_train():
+    ds = make_dataset("blobs", resolution=32, grid=8, n_test=10)
+    test = set(ds._test_flat.tolist())
+    assert len(test) == 10 and not test & set(ds._train_flat.tolist())
+    g = torch.Generator().manual_seed(0)
+    f = ds.sample_factors(1000, g)
+    assert f.min() == 0 and f[:, 0].max() == 7 and f[:, 1].max() == 7
+    assert torch.equal(ds.unravel(ds.ravel(f)), f)
+    assert ds.test_factors.shape == (10, 2)
+    batches = list(ds.test_batches(4))
+    assert [b.shape[0] for b in batches] == [4, 4, 2]
+
+
+def test_ground_truth_rejects_impossible_test_size():
+    with pytest.raises(ValueError, match="dataset.n_test"):
+        make_dataset("blobs", grid=4, n_test=16)
+
+
+def test_gaussian_source_covariance_matches_spectrum():
+    ds = GaussianSource([4.0, 1.0, 0.25], rotate=True, n_train=200_000, n_test=10)
+    cov = torch.cov(ds.train.T.double())
+    eig = torch.linalg.eigvalsh(cov).flip(0)
+    assert torch.allclose(eig, torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64), rtol=0.02)
+    assert cov[0, 1].abs() > 0.05  # rotated: not axis-aligned
+    assert ds.rate_distortion(1.0) == pytest.approx((0.5 * np.log(4.0), 1.0 + 1.0 + 0.25))
+    assert ds.n_test == 10 and ds.example_shape == (3,)
+
+
+def test_npz_images_and_factors(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = (rng.random((50, 16, 16)) > 0.5).astype(np.uint8)
+    factors = rng.integers(0, 3, size=(50, 2))
+    np.savez(tmp_path / "d.npz", imgs=imgs, latents_classes=factors, factor_names=np.array(["a", "b"]))
+    ds = make_dataset("file", path=str(tmp_path / "d.npz"), test_fraction=0.2)
+    assert ds.example_shape == (1, 16, 16) and ds.n_test == 10 and ds.factor_names == ("a", "b")
+    x = ds.train_batch(8, torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float32 and set(x.unique().tolist()) <= {0.0, 1.0}
+    test = torch.cat(list(ds.test_batches(3)))
+    assert test.shape == (10, 1, 16, 16)
+    # held-out rows are the ones whose factors are reported
+    idx = ds._test_idx
+    assert torch.equal(test[:, 0], torch.from_numpy(imgs[idx.numpy()]).float())
+    assert torch.equal(ds.test_factors, torch.from_numpy(factors[idx.numpy()]))
+
+
+def test_npz_uint8_scaled_and_channels_last_transposed(tmp_path):
+    imgs = np.full((4, 8, 8, 3), 255, dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", images=imgs)
+    ds = FileDataset(str(tmp_path / "rgb.npz"), test_fraction=0.25)
+    assert ds.example_shape == (3, 8, 8)
+    assert next(ds.test_batches(4)).max() == 1.0
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_parquet_png_column_and_integer_factors(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = [(rng.random((12, 12)) * 255).astype(np.uint8) for _ in range(20)]
+    table = pa.table({"image": [_png(i) for i in imgs], "shape": list(range(20)), "note": ["x"] * 20})
+    pq.write_table(table, tmp_path / "d.parquet")
+    ds = make_dataset("file", path=str(tmp_path / "d.parquet"), test_fraction=0.1)
+    assert ds.example_shape == (1, 12, 12) and ds.factor_names == ("shape",)
+    first = int(ds._test_idx[0])
+    assert torch.allclose(next(ds.test_batches(2))[0, 0], torch.from_numpy(imgs[first]).float() / 255)
+
+
+def test_parquet_list_column_with_shape(tmp_path):
+    table = pa.table({"pixels": [[0.5] * 12 for _ in range(6)]})
+    pq.write_table(table, tmp_path / "v.parquet")
+    ds = make_dataset("file", path=str(tmp_path / "v.parquet"), image_column="pixels", image_shape=[3, 2, 2],
+                      test_fraction=0.5)  # fmt: skip
+    assert ds.example_shape == (3, 2, 2) and ds.factors is None
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p / "missing.npz", "cannot read"),
+    (lambda p: (p / "x.txt").write_text("hi") and p / "x.txt", "expected a .npz or .parquet"),
+    (lambda p: np.savez(p / "k.npz", other=np.zeros((3, 2))) or p / "k.npz", "no image array"),
+    (lambda p: (p / "bad.parquet").write_bytes(b"not parquet") and p / "bad.parquet", "not a readable Parquet"),
+    (lambda p: pq.write_table(pa.table({"img": [[1, 2]]}), p / "c.parquet") or p / "c.parquet", "no column 'image'"),
+])  # fmt: skip
+def test_file_errors_name_the_problem(tmp_path, make, message):
+    with pytest.raises(DataFileError, match=message):
+        make_dataset("file", path=str(make(tmp_path)))

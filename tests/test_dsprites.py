@@ -1,0 +1,170 @@
+"""Procedural dSprites against real dSprites frames (tests/data/dsprites.gif), plus the dataset contract."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+from bvae_core.data import make_dataset
+from bvae_core.data.dsprites import DSprites
+
+GIF = Path(__file__).parent / "data" / "dsprites.gif"
+SQUARE, ELLIPSE, HEART = 0, 1, 2
+
+
+@pytest.fixture(scope="module")
+def ds() -> DSprites:
+    return DSprites(n_test=1000)
+
+
+@pytest.fixture(scope="module")
+def ds32() -> DSprites:
+    return DSprites(resolution=32, n_test=1000)
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """The 320 frames of the animation published with dSprites, binarised: ``bool[320, 64, 64]``."""
+    with Image.open(GIF) as im:
+        out = np.stack([np.asarray(f.convert("L")) > 127 for f in ImageSequence.Iterator(im)])
+    assert out.shape == (320, 64, 64)
+    return out
+
+
+def frame_factors() -> dict[int, tuple[int, int, int, int, int]]:
+    """Frame index → (shape, scale, orientation, posX, posY) indices, per tests/data/README.md."""
+    table: dict[int, tuple[int, int, int, int, int]] = {}
+    for first, shape in ((0, HEART), (192, ELLIPSE), (256, SQUARE)):
+        for s in range(6):  # scales at θ = 0, pos (0, 0)
+            table[first + s] = (shape, s, 0, 0, 0)
+        for o in range(40):  # orientations at scale 1, pos (0, 0)
+            table[first + 18 + o] = (shape, 5, o, 0, 0)
+    for k in range(32):  # the heart at scale 1, θ = 0 walks around the border of the position grid
+        table[58 + k] = (HEART, 5, 0, 0, k)
+        table[90 + k] = (HEART, 5, 0, k, 31)
+        table[122 + k] = (HEART, 5, 0, 31, 31 - k)
+        table[154 + k] = (HEART, 5, 0, 31 - k, 0)
+    return table
+
+
+def test_matches_the_real_frames(ds, frames):
+    table = frame_factors()
+    idx = sorted(table)
+    img = ds.render(torch.tensor([table[i] for i in idx]))[:, 0].numpy() > 0.5
+    wrong = (img != frames[idx]).sum(axis=(1, 2))
+    shapes = np.array([table[i][0] for i in idx])
+    mean = {s: float(wrong[shapes == s].mean()) for s in (SQUARE, ELLIPSE, HEART)}
+    # Measured: square 1.22, ellipse 0.52, heart 6.51 mismatched pixels per frame (46, 46 and 174 frames).
+    assert mean[SQUARE] <= 2 and mean[ELLIPSE] <= 2 and mean[HEART] <= 8, mean
+    assert wrong.max() <= 16
+
+
+# Foreground pixel counts of the real images at θ = 0, scales 0.5 → 1.
+REAL_COUNTS = {
+    SQUARE: [100, 144, 196, 256, 324, 400],
+    ELLIPSE: [76, 104, 144, 184, 228, 288],
+    HEART: [58, 84, 108, 140, 182, 222],
+}
+
+
+def test_foreground_counts_at_zero_orientation(ds, frames):
+    for shape, counts in REAL_COUNTS.items():
+        f = torch.tensor([[shape, s, 0, 0, 0] for s in range(6)])
+        got = ds.render(f).sum(dim=(1, 2, 3)).round().long().tolist()
+        # The square is exact. Measured: ellipse 76, 104, 144, 184, 232, 288 (+4 at scale 0.9);
+        # heart 62, 88, 108, 142, 184, 226 (+4, +4, 0, +2, +2, +4).
+        tol = 0 if shape == SQUARE else 4
+        assert all(abs(g - c) <= tol for g, c in zip(got, counts)), (shape, got, counts)
+    # the oracle itself: the real frames have these counts
+    assert [int(frames[256 + s].sum()) for s in range(6)] == REAL_COUNTS[SQUARE]
+    assert [int(frames[192 + s].sum()) for s in range(6)] == REAL_COUNTS[ELLIPSE]
+    assert [int(frames[s].sum()) for s in range(6)] == REAL_COUNTS[HEART]
+
+
+def test_square_column_span_follows_posx(ds):
+    f = torch.tensor([[SQUARE, 5, 0, 0, 0], [SQUARE, 5, 0, 31, 0], [SQUARE, 5, 0, 0, 31]])
+    img = ds.render(f)[:, 0]
+    cols = [torch.nonzero(im.any(dim=0)).flatten() for im in img]
+    rows = [torch.nonzero(im.any(dim=1)).flatten() for im in img]
+    assert (cols[0].min().item(), cols[0].max().item()) == (6, 25)
+    assert (cols[1].min().item(), cols[1].max().item()) == (38, 57)
+    assert (rows[0].min().item(), rows[0].max().item()) == (6, 25)
+    assert (rows[2].min().item(), rows[2].max().item()) == (38, 57)  # posY moves it down
+    assert torch.equal(cols[2], cols[0])
+
+
+def test_every_position_and_orientation_is_a_shifted_rotated_copy(ds):
+    """Same sprite, every posX: the foreground count stays put and the centroid moves right by 32/31 px per step."""
+    f = torch.tensor([[HEART, 3, 7, k, 5] for k in range(32)])
+    img = ds.render(f)[:, 0]
+    counts = img.sum(dim=(1, 2))
+    assert counts.min() > 0 and counts.max() - counts.min() <= 12
+    cols = torch.arange(64, dtype=torch.float32)
+    cx = (img.sum(dim=1) * cols).sum(dim=1) / counts
+    step = cx.diff()
+    assert step.min() > 0.3 and step.max() < 1.8 and abs(float(cx[-1] - cx[0]) - 32) < 1
+    # θ = 0 and θ = 2π (orientation indices 0 and 39) are the same image
+    f = torch.tensor([[s, 2, 0, 9, 20] for s in range(3)])
+    g = f.clone()
+    g[:, 2] = 39
+    assert torch.equal(ds.render(f), ds.render(g))
+
+
+def test_shape_dtype_range_and_determinism(ds, ds32):
+    g = torch.Generator().manual_seed(0)
+    f = ds.sample_factors(256, g)
+    x = ds.render(f)
+    assert x.shape == (256, 1, 64, 64) and x.dtype == torch.float32 and x.device == f.device
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    assert (x.sum(dim=(1, 2, 3)) >= 40).all()  # every image shows a shape
+    assert torch.equal(ds.render(f), x)
+    assert torch.equal(DSprites(n_test=10).render(f), x)  # a fresh table gives the same images
+    y = ds32.render(f)
+    assert y.shape == (256, 1, 32, 32) and y.dtype == torch.float32
+    assert set(y.unique().tolist()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert ds.example_shape == (1, 64, 64) and ds32.example_shape == (1, 32, 32)
+
+
+def test_32px_is_the_64px_image_pooled(ds, ds32):
+    f = ds.sample_factors(128, torch.Generator().manual_seed(1))
+    assert torch.equal(ds32.render(f), torch.nn.functional.avg_pool2d(ds.render(f), 2))
+
+
+def test_factors_and_sampling(ds):
+    assert ds.name == "dsprites"
+    assert ds.factor_names == ("shape", "scale", "orientation", "posX", "posY")
+    assert ds.factor_sizes == (3, 6, 40, 32, 32) and ds.num_combinations == 737_280
+    assert ds.entropy_nats == pytest.approx(math.log(737_280))
+    f = ds.sample_factors(20_000, torch.Generator().manual_seed(2))
+    assert f.shape == (20_000, 5) and f.dtype == torch.long
+    for k, size in enumerate(ds.factor_sizes):
+        assert f[:, k].min() == 0 and f[:, k].max() == size - 1
+        assert torch.bincount(f[:, k], minlength=size).numel() == size
+    assert torch.equal(ds.unravel(ds.ravel(f)), f)
+
+
+def test_held_out_split(ds):
+    assert ds.n_test == 1000
+    test, train = ds._test_flat, ds._train_flat
+    assert test.numel() + train.numel() == 737_280
+    assert not np.intersect1d(test.numpy(), train.numpy()).size
+    assert ds.test_factors.shape == (1000, 5)
+    batches = list(ds.test_batches(300))
+    assert [b.shape for b in batches] == [(300, 1, 64, 64)] * 3 + [(100, 1, 64, 64)]
+    x = ds.train_batch(32, torch.Generator().manual_seed(3))
+    assert x.shape == (32, 1, 64, 64)
+    # the default split holds out 10,000 combinations, fixed by the seed
+    a, b = DSprites(split_seed=5), DSprites(split_seed=5)
+    assert a.n_test == 10_000 and torch.equal(a._test_flat, b._test_flat)
+
+
+def test_bad_resolution_and_make_dataset():
+    with pytest.raises(ValueError, match="dataset.resolution: expected 64 or 32, got 48"):
+        DSprites(resolution=48)
+    ds = make_dataset("dsprites", resolution=32, n_test=100)
+    assert isinstance(ds, DSprites) and ds.example_shape == (1, 32, 32) and ds.n_test == 100

@@ -1,0 +1,141 @@
+"""Sweep spec validation (every error names its field) and the define-by-run space with real Optuna samplers."""
+
+import copy
+
+import optuna
+import pytest
+
+from sweeps.search import make_sampler, trial_state
+from sweeps.space import DefineByRun
+from sweeps.spec import SpecError, parse_spec
+
+BASE = {
+    "dataset": {"name": "blobs", "resolution": 32},
+    "model": {"arch": "mlp", "latent_dim": 4, "likelihood": {"kind": "bernoulli"}},
+    "train": {"steps": 100, "eval_every": 50},
+}
+SPEC = {
+    "name": "unit",
+    "base": BASE,
+    "search": {
+        "trials": 12,
+        "space": {
+            "objective.beta": {"log_uniform": [0.1, 10]},
+            "model.latent_dim": {"choice": [2, 4, 8]},
+            "objective.schedule": {"choice": [
+                {"kind": "constant"},
+                {"kind": "linear_capacity", "c_max": {"uniform": [1, 10]}, "ramp_steps": 50},
+            ]},
+        },
+    },
+}  # fmt: skip
+
+
+def spec_with(mutate) -> dict:
+    data = copy.deepcopy(SPEC)
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["search"]["space"].update({"objective.betta": {"uniform": [1, 2]}}),
+     "search.space.objective.betta: objective.betta is not a field of the train config"),
+    (lambda d: d["search"]["space"].update({"objective.beta": {"log_uniform": [0, 2]}}),
+     "search.space.objective.beta.log_uniform: expected 0 < low"),
+    (lambda d: d["search"]["space"].update({"objective.beta": {"uniform": [3, 2]}}),
+     "search.space.objective.beta.uniform: expected low < high"),
+    (lambda d: d["search"]["space"].update({"objective.beta": {"loguniform": [1, 2]}}),
+     "search.space.objective.beta: expected one of"),
+    (lambda d: d["search"]["space"].update({"objective.beta": {"uniform": [-1, 2]}}),
+     "search.space.objective.beta: objective.beta: input should be greater than 0"),
+    (lambda d: d["search"]["space"]["objective.schedule"]["choice"][1].update({"c_max": {"uniform": [-5, 1]}}),
+     "objective.schedule.c_max: input should be greater than or equal to 0"),
+    (lambda d: d["search"].update({"sampler": "grid"}), "the grid sampler needs a plain choice list"),
+    (lambda d: d["search"].update({"sampler": "cmaes"}), "search.sampler: input should be"),
+    (lambda d: d["search"].update({"trials": 0}), "search.trials: input should be greater than 0"),
+    (lambda d: d.update({"resourcez": {}}), "resourcez: unknown key"),
+    (lambda d: d["base"].update({"seedz": 1}), "base.seedz: unknown key"),
+    (lambda d: d["base"]["train"].update({"steps": -1}), "base.train.steps: input should be greater than 0"),
+    (lambda d: d["search"].update({"space": {}}), "search.space: expected at least one"),
+    (lambda d: d["search"].update({"scheduler": {"metric": "mig"}}), "search.scheduler.metric: expected one of"),
+    (lambda d: d.update({"name": "a b"}), "name: string should match pattern"),
+    (lambda d: d["resources"] if d.update({"resources": {"gpu": 1.5}}) else None, "resources.gpu"),
+])  # fmt: skip
+def test_spec_errors_name_the_field(mutate, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec_with(mutate))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_trial_config_resolves_nested_choice():
+    spec = parse_spec(SPEC)
+    params = {"objective.beta": 2.0, "model.latent_dim": 8, "objective.schedule": "linear_capacity",
+              "objective.schedule.c_max": 7.5}  # fmt: skip
+    config = spec.trial_config(params)
+    assert config.objective.beta == 2.0 and config.model.latent_dim == 8
+    assert config.objective.schedule.kind == "linear_capacity" and config.objective.schedule.c_max == 7.5
+    assert config.objective.schedule.ramp_steps == 50
+    assert config.train.threads == 1  # cpu: 1 per trial → one-thread trials
+    constant = spec.trial_config({**params, "objective.schedule": "constant"})
+    assert constant.objective.schedule.kind == "constant"
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_define_by_run_space_with_real_samplers(sampler):
+    spec = parse_spec(spec_with(lambda d: d["search"].update({"sampler": sampler, "seed": 3})))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(spec))
+    space = DefineByRun(spec.space)
+    seen_nested = 0
+    for _ in range(8):
+        trial = study.ask()
+        space(trial)
+        config = spec.trial_config(trial.params)  # every sampled point is a valid train config
+        assert 0.1 <= config.objective.beta <= 10
+        if trial.params["objective.schedule"] == "linear_capacity":
+            assert 1 <= trial.params["objective.schedule.c_max"] <= 10
+            seen_nested += 1
+        else:
+            assert "objective.schedule.c_max" not in trial.params  # conditional: only when chosen
+        study.tell(trial, [config.objective.beta, 1 / config.objective.beta])
+    assert len(study.trials) == 8
+
+
+def test_same_seed_same_proposals():
+    def proposals():
+        spec = parse_spec(SPEC)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(spec))
+        out = []
+        for _ in range(6):
+            t = study.ask()
+            DefineByRun(spec.space)(t)
+            study.tell(t, [t.params["objective.beta"], 1.0])
+            out.append(t.params)
+        return out
+
+    assert proposals() == proposals()
+
+
+def test_grid_sampler_over_listed_values():
+    data = spec_with(lambda d: d["search"].update({"sampler": "grid", "space": {
+        "objective.beta": {"choice": [0.5, 1, 4]}, "model.latent_dim": {"choice": [2, 4]}}}))  # fmt: skip
+    spec = parse_spec(data)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(spec))
+    seen = set()
+    for _ in range(6):
+        t = study.ask()
+        DefineByRun(spec.space)(t)
+        seen.add((t.params["objective.beta"], t.params["model.latent_dim"]))
+        study.tell(t, [1.0, 1.0])
+    assert len(seen) == 6
+
+
+def test_trial_state_rules():
+    S = optuna.trial.TrialState
+    objectives = ["rate", "distortion"]
+    assert trial_state({"rate": 1.0, "distortion": 2.0, "done_training": True}, objectives, False) == (S.COMPLETE, [1.0, 2.0])
+    assert trial_state({"rate": 1.0, "distortion": 2.0, "done_training": False}, objectives, False)[0] == S.PRUNED
+    assert trial_state({"rate": float("nan"), "distortion": 2.0, "done_training": True}, objectives, False)[0] == S.FAIL
+    assert trial_state({"rate": 1.0}, objectives, False)[0] == S.FAIL
+    assert trial_state({"rate": 1.0, "distortion": 2.0, "done_training": True}, objectives, True)[0] == S.FAIL
+    assert trial_state(None, objectives, False)[0] == S.FAIL
