@@ -17,7 +17,10 @@ LOCAL_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers: MLflow is the record
+    # Snapshot the experiment at every controller step, so that a trial is in Tune's saved state before it can
+    # report: a driver killed at any moment then resumes every trial that has an MLflow run.
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # we snapshot on purpose (num_to_keep=2)
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_MAX_PENDING_TRIALS_PG": "1",
 }
@@ -125,7 +128,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
-                                        num_samples=trials, reuse_actors=True),  # fmt: skip
+                                        num_samples=trials, reuse_actors=True,
+                                        trial_dirname_creator=lambda trial: trial.trial_id),  # fmt: skip
             run_config=tune.RunConfig(
                 name=spec.name,
                 storage_path=storage_root(spec),

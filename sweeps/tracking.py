@@ -135,6 +135,8 @@ def resolve_tracking_uri(uri: str | None, base_dir: str | os.PathLike[str] | Non
     uri = str(uri).strip()
     if not uri:
         raise ValueError("tracking uri is empty; give a URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
+    if uri.lower() in _PASSTHROUGH_SCHEMES:  # "databricks", "databricks-uc": a profile, not a path
+        return uri
     scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", uri) else ""
 
     if scheme == "sqlite" or scheme.startswith("sqlite+"):
@@ -478,7 +480,11 @@ class MLflowTracking(Callback):
 
     @_guarded
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._ensure_child(trial)
+        # A resumed trial continues its run at once. A new trial gets its run with its first result: by then Tune
+        # has saved the trial in its experiment state, so a driver killed at any moment leaves no run behind whose
+        # trial a resume would not continue.
+        if trial.trial_id in self._runs or self._find_child(trial.trial_id) is not None:
+            self._ensure_child(trial)
 
     @_guarded
     def on_trial_result(
@@ -518,10 +524,15 @@ class MLflowTracking(Callback):
 
     @_guarded
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Children still RUNNING → KILLED; parent → FINISHED, or KILLED when some trial has not ended (an
-        interrupted sweep, which `Tuner.restore` will continue and set RUNNING again)."""
-        unfinished = any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
-        self._finish(parent_status=KILLED if unfinished else FINISHED)
+        """Children still RUNNING → KILLED (``bvae.status=interrupted``); the parent → FINISHED, or KILLED when
+        the sweep was interrupted (Ctrl+C: Tune ends here too) and `Tuner.restore` may continue it.
+
+        Interrupted = a trial Tune has not ended (PENDING/PAUSED), or a trial started here whose run was never
+        ended by `on_trial_complete`/`on_trial_error` (Tune marks the trials it cuts off TERMINATED without
+        calling either)."""
+        cut_off = any(tid not in self._ended for tid in self._runs)
+        not_ended = any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
+        self._finish(parent_status=KILLED if (cut_off or not_ended) else FINISHED)
 
     def close(self, status: str = KILLED) -> None:
         """End the sweep's runs when the driver exits abnormally (e.g. KeyboardInterrupt): children still

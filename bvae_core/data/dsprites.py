@@ -67,7 +67,10 @@ _EMPTY = 4096  # an empty interval is [_EMPTY, −_EMPTY]
 
 
 def _interval_halfplanes(p, q, r, t, planes):
-    """Where a row meets the convex polygon ∩ {α·u + β·v ≤ γ}: u = p·dx + q, v = r·dx + t. Returns (lo, hi) in px."""
+    """Where a row meets the convex polygon ∩ {α·u + β·v ≤ γ}, with u = p·dx + q and v = r·dx + t.
+
+    Returns (lo, hi) in px (lo > hi when empty).
+    """
     lo = torch.full_like(q, -math.inf)
     hi = torch.full_like(q, math.inf)
     for alpha, beta, gamma in planes:
@@ -98,7 +101,7 @@ def _interval_ellipse(p, q, r, t, uc, vc, a, b):
 
 
 def _to_cells(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """A closed interval in px → the fine cells whose centres lie in it, as [a, b] (empty: a = _EMPTY, b = −_EMPTY)."""
+    """A closed interval in px → the fine cells whose centres lie in it, [a, b] (empty: a = _EMPTY, b = −_EMPTY)."""
     a = torch.ceil(lo.clamp(-100, 100) * SUB + (_J0 - 0.5))
     b = torch.floor(hi.clamp(-100, 100) * SUB + (_J0 - 0.5))
     a, b = a.clamp(0, _NF - 1), b.clamp(0, _NF - 1)
@@ -185,7 +188,7 @@ def _mirror_words(words: Tensor) -> Tensor:
 
 
 def _sprite_words(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Fine-cell intervals per row → packed tables ``IntTensor[B, 31, 31, 32]`` of the sprites and of their mirror images.
+    """Fine-cell intervals per row → packed tables ``IntTensor[B, 31, 31, 32]`` of the sprites and of their mirrors.
 
     Entry [qy, qx, r] has bit c set where the pixel whose corner is at table position (Y, X) = (31·r + qy, 31·c + qx)
     has coverage > 0.92.
@@ -199,7 +202,8 @@ def _sprite_words(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         x0 = int(torch.where(valid, a, torch.full_like(a, _EMPTY)).min())
         x1 = int(torch.where(valid, b, torch.full_like(b, -_EMPTY)).max()) + 1
         # The shape must stay inside the window, with room for mirroring (columns X ≥ 30 map to 1021 − X ≤ 991).
-        assert min(x0, y0) >= 2 * (SUB - 1) and max(x1, y1) <= _NT, "shape leaves the 32 px window"
+        if min(x0, y0) < 2 * (SUB - 1) or max(x1, y1) > _NT:
+            raise RuntimeError("dSprites: a shape leaves the 32 px window around its anchor")
         ty0 = y0 - (SUB - 1)  # table rows whose pixels can meet the shape: [ty0, y1)
         c0, c1 = (x0 - (SUB - 1)) // SUB, (x1 - 1) // SUB + 1  # window columns likewise: [c0, c1)
         i16 = torch.int16
@@ -210,13 +214,13 @@ def _sprite_words(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         a16, b16 = a[:, y0:y1].to(i16), (b[:, y0:y1] + 1).to(i16)
         xs_end = xs + SUB
         ny, n = y1 - y0, y1 - ty0
-        g = torch.zeros(bsz, SUB + ny + SUB - 1, xs.shape[-1], dtype=i16, device=device)  # H padded by 31 / 30 rows
+        g = torch.zeros(bsz, SUB + ny + SUB - 1, xs.shape[-1], dtype=i16, device=device)  # H, 31 / 30 zero rows around
         h = g[:, SUB : SUB + ny]
         for k in range(a.shape[-1]):
             part = torch.minimum(xs_end, b16[..., k : k + 1])
             part.sub_(torch.maximum(xs, a16[..., k : k + 1])).clamp_min_(0)
             h.add_(part)
-        # Column-wise box filter by cumulative sums (≤ 31·1022 < 2¹⁵, so int16 is exact): table rows ty0 .. y1 − 1.
+        # Column-wise box filter by cumulative sums (≤ 31·1022 < 2¹⁵: int16 is exact), for table rows ty0 .. y1 − 1.
         cs = g.cumsum_(dim=1)
         bits = torch.zeros(bsz, n, SUB, _WIN, dtype=torch.bool, device=device)  # [B, Y, qx, c]
         cov = (cs[:, SUB : SUB + n] - cs[:, :n]).view(bsz, n, SUB, c1 - c0)
@@ -230,6 +234,13 @@ def _sprite_words(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 def build_table(device: torch.device | str = "cpu", chunk: int = 5) -> Tensor:
     """The packed render table ``IntTensor[720·31·31·32 + 1]`` (a zero word at the end), built on ``device``."""
     device = torch.device(device)
+    # The packing relies on int64 products wrapping modulo 2^64 and on little-endian views: check both here.
+    probe = torch.rand(64, 32, generator=torch.Generator().manual_seed(0)) < 0.5
+    expect = (probe.long() << torch.arange(32)).sum(-1)
+    got = _pack_words(probe.to(device)).long().cpu() & 0xFFFFFFFF
+    rev = _reverse_bits(_pack_words(probe.to(device))).long().cpu() & 0xFFFFFFFF
+    if not (torch.equal(got, expect) and torch.equal(rev, (probe.flip(-1).long() << torch.arange(32)).sum(-1))):
+        raise RuntimeError(f"dSprites: bit packing does not work as expected on {device}")
     orientations = torch.linspace(0, 2 * math.pi, _N_ORIENT, dtype=torch.float64).tolist()
     dims = (3, 6, _N_ORIENT, SUB, SUB, _WIN)
     flat = torch.zeros(math.prod(dims) + 1, dtype=torch.int32, device=device)  # + a zero word for off-window rows
@@ -288,7 +299,8 @@ class DSprites(GroundTruthDataset):
 
     def render(self, factor_indices: Tensor) -> Tensor:
         if factor_indices.dim() != 2 or factor_indices.shape[1] != 5:
-            raise ValueError(f"DSprites.render: expected factor indices of shape [n, 5], got {tuple(factor_indices.shape)}")
+            shape = tuple(factor_indices.shape)
+            raise ValueError(f"DSprites.render: expected factor indices of shape [n, 5], got {shape}")
         out_device = factor_indices.device
         f = factor_indices.to(self.device, torch.long)
         n = f.shape[0]

@@ -1,0 +1,157 @@
+"""Sweeps end to end with a real local Ray, real Optuna samplers and a real MLflow store (sqlite), tiny models."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import yaml
+from mlflow import MlflowClient
+
+from sweeps.runner import run_sweep
+from sweeps.spec import parse_spec
+from sweeps.tracking import child_runs, find_parent_run
+
+ROOT = Path(__file__).resolve().parents[1]
+GAUSSIAN_BASE = {
+    "seed": 0,
+    "dataset": {"name": "gaussian", "eigenvalues": [4.0, 2.0, 1.0, 0.5], "n_train": 5000, "n_test": 1000},
+    "model": {"arch": "linear", "latent_dim": 4, "likelihood": {"kind": "gaussian", "sigma": 1.0}},
+    "objective": {"beta": 1.0},
+    "train": {"steps": 300, "batch_size": 128, "lr": 3.0e-3, "eval_every": 100, "log_every": 100},
+}
+
+
+def make_spec(tmp_path: Path, name: str, search: dict, base: dict = GAUSSIAN_BASE) -> dict:
+    return {
+        "name": name,
+        "base": base,
+        "search": search,
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "storage": {"path": str(tmp_path / "ray_results")},
+    }
+
+
+def runs_of(spec_dict: dict, outcome):
+    client = MlflowClient(outcome.tracking_uri)
+    parent = find_parent_run(client, spec_dict["name"], outcome.experiment_path)
+    return client, parent, child_runs(client, parent.info.run_id)
+
+
+def test_four_trials_give_four_child_runs_and_a_four_trial_study(local_ray, tmp_path):
+    data = make_spec(tmp_path, "four", {"trials": 4, "seed": 1, "sampler": "tpe", "concurrency": 2, "space": {
+        "objective.beta": {"log_uniform": [0.2, 5.0]}, "model.latent_dim": {"choice": [2, 4]}}})  # fmt: skip
+    outcome = run_sweep(parse_spec(data))
+    client, parent, children = runs_of(data, outcome)
+    assert parent.data.tags["bvae.sweep"] == "four" and parent.info.status == "FINISHED"
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert len(children) == 4
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"objective.beta", "model.latent_dim"} <= run.data.params.keys()
+        assert {"rate", "distortion", "nelbo", "sse", "active_units", "kl/0"} <= run.data.metrics.keys()
+        assert not any(k.startswith(("config", "time", "pid", "done")) for k in run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "rate")
+        assert [m.step for m in history] == [100, 200, 300]
+    assert outcome.study is not None
+    states = [t.state for t in outcome.study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 4
+    assert all(len(t.values) == 2 for t in outcome.study.trials)
+    assert {r.status for r in outcome.rows} == {"COMPLETED"}
+
+
+def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path):
+    # σ = 1e-30 makes SSE/(2σ²) overflow: a deterministic divergence.
+    data = make_spec(tmp_path, "diverge", {"trials": 4, "sampler": "grid", "concurrency": 2, "space": {
+        "objective.beta": {"choice": [0.5, 2.0]}, "model.likelihood.sigma": {"choice": [1.0, 1.0e-30]}}})  # fmt: skip
+    outcome = run_sweep(parse_spec(data))
+    client, parent, children = runs_of(data, outcome)
+    by_sigma = {}
+    for run in children:
+        by_sigma.setdefault(float(run.data.params["model.likelihood.sigma"]), []).append(run)
+    assert len(by_sigma[1.0]) == 2 and len(by_sigma[1e-30]) == 2
+    assert all(r.info.status == "FINISHED" for r in by_sigma[1.0])
+    assert all(r.info.status == "FAILED" and r.data.tags["bvae.status"] == "failed" for r in by_sigma[1e-30])
+    states = sorted(t.state.name for t in outcome.study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    assert "RUNNING" not in {r.info.status for r in children}
+
+
+def test_scheduler_stopped_trial_is_pruned(local_ray, tmp_path):
+    base = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 400}}
+    data = make_spec(tmp_path, "asha", {
+        "trials": 4, "sampler": "grid", "concurrency": 1,
+        "space": {"objective.beta": {"choice": [0.5, 30.0, 0.6, 40.0]}},
+        "scheduler": {"kind": "asha", "metric": "nelbo", "mode": "min", "grace_period": 1, "reduction_factor": 2},
+    }, base)  # fmt: skip
+    outcome = run_sweep(parse_spec(data))
+    client, parent, children = runs_of(data, outcome)
+    pruned = [t for t in outcome.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [t.state for t in outcome.study.trials]
+    assert all(t.values is None for t in pruned)  # no partial values told to Optuna
+    pruned_runs = [r for r in children if r.data.tags.get("bvae.status") == "pruned"]
+    assert len(pruned_runs) == len(pruned) and all(r.info.status == "KILLED" for r in pruned_runs)
+    assert {r.status for r in outcome.rows} >= {"PRUNED", "COMPLETED"}
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_driver_then_resume_gives_exactly_one_run_per_trial(tmp_path):
+    base = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 3000, "eval_every": 500}}
+    data = make_spec(tmp_path, "killed", {"trials": 4, "seed": 0, "concurrency": 1,
+                                          "space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}}, base)  # fmt: skip
+    data["ray"] = {"num_cpus": 2}
+    spec_path = tmp_path / "killed.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    uri = data["tracking"]["uri"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "run.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "sweep", "run", str(spec_path)], cwd=tmp_path,
+                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+    try:
+        def finished_children():
+            try:
+                client = MlflowClient(uri)
+                parent = find_parent_run(client, "killed", str(tmp_path / "ray_results" / "killed"))
+                return parent and [r for r in child_runs(client, parent.info.run_id) if r.info.status == "FINISHED"]
+            except Exception:
+                return None
+
+        _wait_for(finished_children, 240, "a finished trial")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    time.sleep(2)
+    client = MlflowClient(uri)
+    parent = find_parent_run(client, "killed", str(tmp_path / "ray_results" / "killed"))
+    before = child_runs(client, parent.info.run_id)
+    assert any(r.info.status == "RUNNING" for r in before) or len(before) < 4  # it really was interrupted
+
+    resumed = subprocess.run([sys.executable, "-m", "sweeps", "sweep", "resume", str(spec_path)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=400, env=env)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    children = child_runs(client, parent.info.run_id)
+    trial_ids = [r.data.tags["bvae.trial_id"] for r in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 4, trial_ids
+    assert all(r.info.status == "FINISHED" for r in children), [(r.info.status, r.data.tags) for r in children]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    # the runs of trials that finished before the kill were not touched again
+    for run in before:
+        if run.info.status == "FINISHED":
+            assert client.get_run(run.info.run_id).info.end_time == run.info.end_time
+    assert "4/4 trials completed" in resumed.stdout
