@@ -83,3 +83,24 @@ def encode_means(model: VAE, images: Tensor, batch_size: int = 512) -> Tensor:
     out = [model.encode(x.to(device))[0].cpu() for x in images.split(batch_size)]
     model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def zero_rate_distortion(likelihood: Likelihood, dataset: Dataset, batch_size: int = 1024, n_eval: int | None = None) -> float:
+    """Distortion (nats per example) of the best decoder that ignores z: the held-out split's mean as Bernoulli
+    probabilities or Gaussian means. Every model's point lies left of (rate ≥ 0) and, at rate 0, on or above it."""
+    batches = []
+    seen = 0
+    for x in dataset.test_batches(batch_size):
+        batches.append(x.double())
+        seen += x.shape[0]
+        if n_eval is not None and seen >= n_eval:
+            break
+    data = torch.cat(batches)[:n_eval]
+    mean = data.mean(0, keepdim=True)
+    if likelihood.kind == "bernoulli":
+        p = mean.clamp(1e-12, 1 - 1e-12)
+        nll = -(data * p.log() + (1 - data) * (1 - p).log()).flatten(1).sum(1)
+    else:
+        nll, _ = likelihood.nll(mean.expand_as(data), data)
+    return float(nll.mean())

@@ -161,9 +161,10 @@ class VAE(nn.Module):
         """Parameters of p(x|z): logits (Bernoulli) or means (Gaussian)."""
         return self.decoder(z)
 
-    def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(decoder output, μ, log σ²); ``eps`` is the reparameterisation noise (None: decode the posterior mean)."""
         mu, logvar = self.encode(x)
-        z = mu + (0.5 * logvar).exp() * eps
+        z = mu if eps is None else mu + (0.5 * logvar).exp() * eps
         return self.decode(z).float(), mu, logvar
 
 

@@ -92,3 +92,78 @@ def save_model_plots(model: VAE, likelihood: Likelihood, dataset: Dataset, metri
         paths.append(out_dir / name)
     model.train(was_training)
     return paths
+
+
+def staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """The frontier drawn as the boundary of the region it dominates: (rate, distortion) points sorted by rate."""
+    xs, ys = [], []
+    for i, (x, y) in enumerate(sorted(points)):
+        if i:
+            xs.append(x)
+            ys.append(ys[-1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+_MARKERS = {"constant": "o", "linear_capacity": "s", "warmup": "^", "free_bits": "D"}
+
+
+def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound: tuple[list[float], list[float]] | None = None,
+                           entropy: float | None = None, title: str = "") -> Figure:  # fmt: skip
+    """The R-D plane of a sweep: every point coloured by log β (or ``color_by``), marker by schedule kind, the
+    frontier as a staircase with β labels, and where known the Shannon R(D) curve (``bound``: rates, distortions)
+    or the line D = H − R for discrete data of entropy H nats.
+
+    ``points``: dicts with ``rate``, ``distortion``, ``on_frontier``, ``schedule`` and the ``color_by`` key."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    values = [p.get(color_by) for p in points]
+    known = [v for v in values if v is not None]
+    positive = bool(known) and min(known) > 0
+    norm = (LogNorm if color_by == "beta" and positive else Normalize)(
+        vmin=min(known) if known else 1, vmax=max(known) if known else 1)  # fmt: skip
+    cmap = plt.get_cmap("viridis")
+    for kind in sorted({p.get("schedule") or "?" for p in points}):
+        group = [p for p in points if (p.get("schedule") or "?") == kind]
+        colors = [cmap(norm(p[color_by])) if p.get(color_by) is not None else (0.6, 0.6, 0.6, 1) for p in group]
+        ax.scatter([p["rate"] for p in group], [p["distortion"] for p in group], c=colors,
+                   marker=_MARKERS.get(kind, "P"), s=46, edgecolors="black", linewidths=0.4, label=kind, zorder=3)  # fmt: skip
+    front = sorted((p for p in points if p.get("on_frontier")), key=lambda p: p["rate"])
+    if front:
+        xs, ys = staircase([(p["rate"], p["distortion"]) for p in front])
+        ax.plot(xs, ys, color="crimson", lw=1.4, zorder=2, label="frontier")
+        for p in front:
+            if p.get("beta") is not None:
+                ax.annotate(f"β={p['beta']:.3g}", (p["rate"], p["distortion"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)  # fmt: skip
+    if bound is not None:
+        ax.plot(bound[0], bound[1], color="black", ls="--", lw=1, label="Shannon R(D)", zorder=1)
+    if entropy is not None and points:
+        top = max(p["rate"] for p in points) * 1.05 + 1e-9
+        r = [0.0, min(entropy, top)]
+        ax.plot(r, [entropy - v for v in r], color="gray", ls=":", lw=1, label=f"D = H − R (H = {entropy:.2f} nats)")
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label=("log-scaled " if isinstance(norm, LogNorm) else "") + color_by)
+    ax.set_xlabel("rate (nats per example)")
+    ax.set_ylabel("distortion (nats per example)")
+    ax.set_title(title or "rate-distortion plane", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def kl_against_capacity(history: list[dict]) -> Figure:
+    """Held-out KL (rate) against the capacity target C(t) over training (Burgess et al. 2018, Fig. 3)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["rate"] for h in history], marker="o", label="KL (held out)")
+    ax.plot(steps, [h["capacity"] for h in history], ls="--", label="C(t)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -169,6 +169,7 @@ class Trainer:
         """Everything needed to continue bit-identically: model, optimizer, both RNGs, step (hence schedule)."""
         return {
             "config": self.config.model_dump(mode="json"),
+            "example_shape": list(self.dataset.example_shape),  # rebuild the model without the data: load_model()
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -207,3 +208,12 @@ class Trainer:
         trainer = cls(config)
         trainer.load_state_dict(state)
         return trainer
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple["torch.nn.Module", TrainConfig]:
+    """The trained :class:`~bvae_core.models.VAE` of a checkpoint and its config, without building the dataset."""
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    config = parse_config(state["config"])
+    model = build_model(config.model.arch, tuple(state["example_shape"]), config.model.latent_dim, config.model.hidden)
+    model.load_state_dict(state["model"])
+    return model.eval(), config

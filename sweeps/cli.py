@@ -68,11 +68,130 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_frontier_and_pick(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("frontier", help="the R-D frontier of a sweep, from the tracking store",
+                       description="Print (or write as Parquet) the frontier table of a sweep: one row per trial with "
+                                   "a finite rate and distortion, Pareto ranks, the checkpoint of each.")  # fmt: skip
+    f.add_argument("sweep", help="sweep name, parent run id, or the sweep's spec file")
+    f.add_argument("--out", metavar="FILE.parquet", help="write the frontier table here")
+    f.add_argument("--json", action="store_true", help="print the table as JSON")
+    f.add_argument("--experiment", help="MLflow experiment to look in (default: all)")
+    _add_tracking_uri(f)
+    f.set_defaults(func=_cmd_frontier)
+    p = sub.add_parser("pick", help="pick β from a sweep's frontier",
+                       description="Pick a frontier point by a rule; print β, its hyperparameters, metrics and "
+                                   "checkpoint; optionally register its model.")  # fmt: skip
+    p.add_argument("sweep", help="sweep name, parent run id, or the sweep's spec file")
+    p.add_argument("--rule", required=True, help="knee | max-rate=R | max-distortion=D | max-METRIC (e.g. max-mig)")
+    p.add_argument("--max-distortion", type=float, help="with max-METRIC: only points with distortion ≤ D")
+    p.add_argument("--register", metavar="NAME", help="register the picked model in the MLflow Model Registry")
+    p.add_argument("--alias", default="picked", help="alias for the registered version (default: picked)")
+    p.add_argument("--json", action="store_true", help="print the pick as one JSON object")
+    p.add_argument("--experiment", help="MLflow experiment to look in (default: all)")
+    _add_tracking_uri(p)
+    p.set_defaults(func=_cmd_pick)
+
+
+def _resolve_sweep(args: argparse.Namespace):
+    """(MlflowClient, SweepRef) for SWEEP given as a spec file, a parent run id or a sweep name."""
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from .frontier import FrontierError, find_sweep
+    from .tracking import resolve_tracking_uri
+
+    name, experiment, uri = args.sweep, args.experiment, args.tracking_uri
+    if args.sweep.endswith((".yaml", ".yml")):
+        from .spec import load_spec
+
+        spec = load_spec(args.sweep)
+        name, experiment, uri = spec.name, experiment or spec.experiment, uri or spec.tracking.uri
+    uri = resolve_tracking_uri(uri, Path.cwd())
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        if not db.exists():
+            raise UsageError(f"--tracking-uri: no tracking store at {db}; run a sweep first or pass --tracking-uri")
+    client = MlflowClient(uri)
+    try:
+        return client, find_sweep(client, name, experiment)
+    except FrontierError as e:
+        raise UsageError(str(e)) from None
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    from .frontier import frontier_rows, write_parquet
+    from .progress import format_table
+
+    client, ref = _resolve_sweep(args)
+    rows = frontier_rows(client, ref)
+    if args.out:
+        path = write_parquet(rows, args.out)
+        print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([_public(r) for r in rows], default=str))
+        return 0
+    header = ["trial", "beta", "latent", "schedule", "c_max", "rate", "distortion", "rank", "frontier", "status"]
+    body = [[r["trial_id"], _fmt(r.get("beta")), _fmt(r.get("latent_dim")), r.get("schedule") or "", _fmt(r.get("c_max")),
+             f"{r['rate']:.4f}", f"{r['distortion']:.4f}", _fmt(r.get("pareto_rank")), "*" if r["on_frontier"] else "",
+             r["status"]] for r in rows]  # fmt: skip
+    print(f"sweep {ref.name} (parent run {ref.parent_run_id}): {sum(r['on_frontier'] for r in rows)} of {len(rows)} "
+          f"points on the frontier")  # fmt: skip
+    print(format_table(header, body))
+    return 0
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cmd_pick(args: argparse.Namespace) -> int:
+    from .frontier import frontier_rows
+    from .pick import PickError, apply_rule, parse_rule, pick_summary
+    from .registry import record_pick, register_pick
+
+    try:
+        rule = parse_rule(args.rule)
+    except PickError as e:
+        raise UsageError(str(e)) from None
+    client, ref = _resolve_sweep(args)
+    try:
+        row = apply_rule(frontier_rows(client, ref), rule, args.max_distortion)
+    except PickError as e:
+        raise UsageError(str(e)) from None
+    summary = pick_summary(row, args.rule)
+    model = None
+    if args.register:
+        version = register_pick(client, row, args.register, args.alias)
+        model = f"models:/{args.register}@{args.alias}"
+        summary["registered_model"] = {"name": args.register, "version": version, "alias": args.alias, "uri": model}
+    record_pick(client, ref, row, args.rule, model)
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0
+    beta = f"β = {row['beta']:.4g}" if row.get("beta") is not None else f"{row.get('schedule')} (C max {_fmt(row.get('c_max'))})"
+    print(f"{args.rule} → trial {row['trial_id']}: {beta}, rate {row['rate']:.4f} nats, distortion "
+          f"{row['distortion']:.4f} nats")  # fmt: skip
+    print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())))
+    print("metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary["metrics"].items()))
+    print(f"run: {row['run_id']}  checkpoint: {row.get('checkpoint_uri')}")
+    if model:
+        print(f"registered: {model} (version {summary['registered_model']['version']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bvae", description="β-VAE rate-distortion sweeps: train, sweep, pick β.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sweep(sub)
+    _add_frontier_and_pick(sub)
     return parser
 
 

@@ -98,6 +98,11 @@ def summary_table(rows: list[TrialRow]) -> str:
     header = ["trial", *keys, "rate", "distortion", "status"]
     body = [[r.trial_id, *(_short(r.params.get(k, "")) for k in keys), f"{r.rate:.3f}", f"{r.distortion:.3f}", r.status]
             for r in sorted(rows, key=lambda r: r.trial_id)]  # fmt: skip
+    return format_table(header, body)
+
+
+def format_table(header: list[str], body: list[list]) -> str:
+    """Left-aligned plain-text columns with a rule under the header."""
     widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])

@@ -98,6 +98,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     """Run (or, with ``resume``, continue) the sweep; return when every trial has ended."""
     from ray import tune
 
+    from .live_frontier import LiveFrontier
     from .progress import SweepProgress
     from .search import build_scheduler, build_searcher, grid_size, optuna_study
     from .tracking import MLflowTracking, resolve_tracking_uri
@@ -124,6 +125,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         concurrency = default_concurrency(spec)
         searcher = build_searcher(spec, concurrency)
         tracking = MLflowTracking(uri, spec.experiment, spec.name, sweep_key(spec), spec.raw)
+        live = LiveFrontier(tracking.tracking_uri, spec.raw, sweep_key(spec))
         progress = SweepProgress(trials, spec.base_config.train.steps)
         tuner = tune.Tuner(
             trainable,
@@ -133,7 +135,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             run_config=tune.RunConfig(
                 name=spec.name,
                 storage_path=storage_root(spec),
-                callbacks=[tracking, progress],
+                callbacks=[tracking, live, progress],  # order matters: runs end before the frontier reads them
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                 verbose=0,

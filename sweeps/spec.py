@@ -164,6 +164,14 @@ class RaySettings(_Strict):
     num_cpus: Annotated[int, Field(gt=0)] | None = None  # embedded Ray only: cores to use (default: all)
 
 
+class FrontierSettings(_Strict):
+    """The hypervolume's reference point, fixed per sweep. Defaults: a rate of 50 nats and the zero-rate
+    distortion of the dataset (the best decoder that ignores z), computed once when the sweep starts."""
+
+    reference_rate: Annotated[float, Field(gt=0)] | None = None
+    reference_distortion: float | None = None
+
+
 class _SpecModel(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     base: dict[str, Any]
@@ -172,6 +180,7 @@ class _SpecModel(_Strict):
     tracking: TrackingSettings = TrackingSettings()
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
+    frontier: FrontierSettings = FrontierSettings()
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,7 @@ class SweepSpec:
     tracking: TrackingSettings
     storage: StorageSettings
     ray: RaySettings
+    frontier: FrontierSettings
     raw: dict[str, Any]
 
     @property
@@ -266,7 +276,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
         raise SpecError(f"resources.gpu: expected a fraction ≤ 1 or a whole number, got {model.resources.gpu}")
     return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
                      resources=model.resources, tracking=model.tracking, storage=model.storage, ray=model.ray,
-                     raw=data)  # fmt: skip
+                     frontier=model.frontier, raw=data)  # fmt: skip
 
 
 _SCHEDULER_METRICS = ("nelbo", "rate", "distortion", "train/loss")

@@ -328,6 +328,24 @@ def _trial_outcome(result: Mapping[str, Any] | None) -> tuple[str, str]:
     return "completed", FINISHED
 
 
+def _config_tags(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, str]:
+    """Tags ``bvae.config.<key>`` with the trial's resolved β, latent size, schedule, C max, γ and seed: the frontier
+    table reads them back from the run alone. Empty when the spec cannot resolve the parameters."""
+    try:
+        from .spec import parse_spec
+
+        config = parse_spec(dict(spec)).trial_config(dict(params))
+    except Exception:  # noqa: BLE001 - a partial spec (tests, hand-driven hooks) just gets no config tags
+        return {}
+    schedule = config.objective.schedule
+    # the capacity objective has no β (γ weighs |KL − C|): no β tag, rather than one that means nothing
+    beta = None if schedule.kind == "linear_capacity" else config.objective.beta
+    values = {"beta": beta, "latent_dim": config.model.latent_dim, "schedule": schedule.kind,
+              "c_max": getattr(schedule, "c_max", None), "gamma": getattr(schedule, "gamma", None), "seed": config.seed,
+              "arch": config.model.arch, "dataset": config.dataset.name}  # fmt: skip
+    return {f"bvae.config.{k}": str(v) for k, v in values.items() if v is not None}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Provenance
 # --------------------------------------------------------------------------------------------------------------
@@ -513,7 +531,18 @@ class MLflowTracking(Callback):
         if run_id is None:
             return  # never started (e.g. a PENDING trial removed at the end): no run to end
         status_tag, status = _trial_outcome(result)
+        if status_tag == "completed":
+            self._log_checkpoint(trial, run_id)
         self._end_child(trial.trial_id, run_id, status, status_tag)
+
+    def _log_checkpoint(self, trial: Trial, run_id: str) -> None:
+        """The trial's final checkpoint and figures as artifacts of its run (``checkpoint/``), so that the model
+        of any frontier point can be fetched from the tracking server alone (Tune's storage may be gone)."""
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            self.client.log_artifacts(run_id, folder, artifact_path="checkpoint")
 
     @_guarded
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -654,9 +683,10 @@ class MLflowTracking(Callback):
             TAG_SWEEP_KEY: self.sweep_key,
             TAG_STATUS: "running",
         }
+        config = getattr(trial, "config", None) or {}
+        tags.update(_config_tags(self.spec, config))
         run = client.create_run(self.experiment_id, tags=tags, run_name=f"{self.sweep_name}-{trial.trial_id}")
         run_id = run.info.run_id
-        config = getattr(trial, "config", None) or {}
         params = [Param(str(k), _param_value(v)) for k, v in config.items()]
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
             client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)

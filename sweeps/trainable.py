@@ -20,6 +20,7 @@ from .search import DONE_KEY
 from .spec import parse_spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"  # held-out rate and C(t) at every evaluation: the KL-against-capacity plot
 
 # Datasets built in this worker process, reused by later trials on the same actor (reuse_actors=True): dSprites'
 # render tables cost seconds to build and are the same for every trial.
@@ -41,9 +42,12 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
     config = parse_spec(spec).trial_config(params)
     trainer = Trainer(config, dataset=_dataset_for(config))
     checkpoint = tune.get_checkpoint()
+    history: list[dict[str, float]] = []
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False))
+            if (Path(folder) / HISTORY_FILE).exists():
+                history = json.loads((Path(folder) / HISTORY_FILE).read_text())
     total, latest_train = config.train.steps, {}
     while trainer.step < total:
         try:
@@ -56,6 +60,23 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         metrics = trainer.evaluate()
         metrics.update({k: v for k, v in latest_train.items() if k.startswith("train/")})
         metrics[DONE_KEY] = trainer.step >= total
+        history.append({"step": trainer.step, "rate": metrics["rate"], "capacity": metrics.get("capacity")})
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
+            (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
+            if metrics[DONE_KEY]:
+                _write_trial_plots(trainer, metrics, history, Path(folder))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _write_trial_plots(trainer: Trainer, metrics: dict[str, float], history: list[dict], folder: Path) -> None:
+    """The final checkpoint carries the trial's figures; the tracking callback logs them to the trial's run."""
+    import matplotlib.pyplot as plt
+
+    from bvae_core.plots import kl_against_capacity, save_model_plots
+
+    save_model_plots(trainer.model, trainer.likelihood, trainer.dataset, metrics, folder)
+    if history and history[-1].get("capacity") is not None:
+        fig = kl_against_capacity(history)
+        fig.savefig(folder / "kl_vs_capacity.png", dpi=110)
+        plt.close(fig)

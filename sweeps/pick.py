@@ -1,0 +1,122 @@
+"""Pick β from the frontier: ``knee``, ``max-rate=R``, ``max-distortion=D``, ``max-METRIC`` (e.g. ``max-mig``,
+optionally bounded by a maximum distortion). The pick is always a frontier point."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .frontier import frontier_of
+
+
+class PickError(ValueError):
+    """No frontier point satisfies the rule; the message names the closest one."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # knee | max-rate | max-distortion | max-metric
+    value: float | None = None
+    metric: str | None = None
+
+
+def parse_rule(text: str) -> Rule:
+    """``knee`` | ``max-rate=R`` | ``max-distortion=D`` | ``max-METRIC`` (any logged metric, e.g. ``max-mig``)."""
+    if text == "knee":
+        return Rule("knee")
+    match = re.fullmatch(r"(max-rate|max-distortion)=(.+)", text)
+    if match:
+        try:
+            value = float(match.group(2))
+        except ValueError:
+            raise PickError(f"--rule {text}: expected a number after '=', got {match.group(2)!r}") from None
+        if not math.isfinite(value):
+            raise PickError(f"--rule {text}: expected a finite number")
+        return Rule(match.group(1), value)
+    match = re.fullmatch(r"max-([A-Za-z][\w/.-]*)", text)
+    if match and match.group(1) not in ("rate", "distortion"):
+        return Rule("max-metric", metric=match.group(1).replace("/", "_"))
+    raise PickError(f"--rule: expected knee, max-rate=R, max-distortion=D or max-METRIC (e.g. max-mig), got {text!r}")
+
+
+def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The frontier point farthest from the chord between its two ends, in coordinates normalised to [0, 1] by the
+    frontier's range (the "Kneedle" construction, Satopää et al. 2011). With fewer than three points: the lowest
+    rate."""
+    front = sorted(points, key=lambda p: p["rate"])
+    if len(front) < 3:
+        return front[0]
+    xy = np.array([[p["rate"], p["distortion"]] for p in front], dtype=float)
+    span = np.where(np.ptp(xy, axis=0) > 0, np.ptp(xy, axis=0), 1.0)
+    norm = (xy - xy.min(0)) / span
+    a, b = norm[0], norm[-1]
+    chord = (b - a) / np.linalg.norm(b - a)
+    rel = norm - a
+    distance = np.abs(rel[:, 0] * chord[1] - rel[:, 1] * chord[0])
+    return front[int(np.argmax(distance))]
+
+
+def _describe(p: dict[str, Any]) -> str:
+    beta = f"β={p['beta']:.4g}, " if p.get("beta") is not None else ""
+    return f"trial {p['trial_id']} ({beta}rate {p['rate']:.4g}, distortion {p['distortion']:.4g})"
+
+
+def apply_rule(rows: list[dict[str, Any]], rule: Rule, max_distortion: float | None = None) -> dict[str, Any]:
+    """The frontier point the rule picks; :class:`PickError` (naming the closest point) when none satisfies it."""
+    front = frontier_of(rows)
+    if not front:
+        raise PickError("the sweep has no completed trial with a finite rate and distortion yet")
+    if rule.kind == "knee":
+        return knee(front)
+    if rule.kind == "max-rate":
+        ok = [p for p in front if p["rate"] <= rule.value]
+        if not ok:
+            closest = min(front, key=lambda p: p["rate"])
+            raise PickError(f"no frontier point has rate ≤ {rule.value:g}; the closest is {_describe(closest)}")
+        return min(ok, key=lambda p: p["distortion"])
+    if rule.kind == "max-distortion":
+        ok = [p for p in front if p["distortion"] <= rule.value]
+        if not ok:
+            closest = min(front, key=lambda p: p["distortion"])
+            raise PickError(f"no frontier point has distortion ≤ {rule.value:g}; the closest is {_describe(closest)}")
+        return min(ok, key=lambda p: p["rate"])
+    # max-METRIC over the frontier, optionally with distortion ≤ max_distortion
+    scored = [p for p in front if p.get(rule.metric) is not None]
+    if not scored:
+        raise PickError(f"no frontier point has the metric {rule.metric!r} (computed metrics appear as columns of "
+                        f"`bvae frontier`; add it to eval.metrics of the spec)")  # fmt: skip
+    if max_distortion is not None:
+        bounded = [p for p in scored if p["distortion"] <= max_distortion]
+        if not bounded:
+            closest = min(scored, key=lambda p: p["distortion"])
+            raise PickError(f"no frontier point with {rule.metric} has distortion ≤ {max_distortion:g}; the closest "
+                            f"is {_describe(closest)}")  # fmt: skip
+        scored = bounded
+    return max(scored, key=lambda p: p[rule.metric])
+
+
+def pick_summary(row: dict[str, Any], rule_text: str) -> dict[str, Any]:
+    """The JSON object ``bvae pick --json`` prints."""
+    metrics = {k: v for k, v in row.items() if k in ("rate", "distortion", "nelbo", "active_units", "sse", "mig", "sap",
+               "dci_disentanglement", "dci_completeness", "dci_informativeness", "factorvae_score", "betavae_score")
+               and v is not None}  # fmt: skip
+    return {
+        "rule": rule_text,
+        "sweep": row["sweep"],
+        "trial_id": row["trial_id"],
+        "run_id": row["run_id"],
+        "beta": row.get("beta"),
+        "latent_dim": row.get("latent_dim"),
+        "schedule": row.get("schedule"),
+        "c_max": row.get("c_max"),
+        "rate": row["rate"],
+        "distortion": row["distortion"],
+        "pareto_rank": row.get("pareto_rank"),
+        "params": row.get("params", {}),
+        "metrics": metrics,
+        "checkpoint_uri": row.get("checkpoint_uri"),
+    }

@@ -1,0 +1,202 @@
+"""Start and stop the real servers the end-to-end tests talk to, all on 127.0.0.1 (STACK.md "Servers, as started
+here"): moto's S3-compatible server and an MLflow tracking server whose artifacts live in a moto bucket.
+
+Each server runs in a session of its own (``start_new_session=True``), so its process group id is its pid: ``stop()``
+sends SIGTERM to that group (the server and the children it started, nothing else), waits, then SIGKILLs whatever is
+left. Output goes to ``<tmp>/<name>.log``; a server that does not come up raises with the tail of its log, and
+:func:`logs_on_error` prints the tails when a test using the servers fails.
+
+Usable as plain helpers or from pytest fixtures::
+
+    s3 = start_moto(tmp)
+    request.addfinalizer(s3.stop)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: No calls home and no cloud metadata probes from the servers or from the clients in this process (STACK.md).
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+_BIN = Path(sys.executable).parent  # moto_server and mlflow come with the test's own environment
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the caller retries if it is taken before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server process started by :func:`_spawn`; ``pid`` is also its process group id."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # the id was reused by someone else's process: not ours to signal
+            return False
+        return True
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to the server's own process group, wait up to ``timeout`` s, then SIGKILL. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.proc.poll() is None or self._group_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None and not self._group_alive():
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _answers(url: str, timeout: float = 2.0) -> str | None:
+    """The body of a GET on ``url`` when it answers 2xx, else None."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - 127.0.0.1 only
+            return response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _spawn(name: str, argv: list[str], log_path: Path, env: dict[str, str], url: str, probe: str,
+           timeout: float) -> Server:  # fmt: skip
+    log = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=log_path.parent, start_new_session=True)  # fmt: skip
+    finally:
+        log.close()  # the child holds its own copy
+    server = Server(name, url, proc, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            server.stop()
+            raise ServerFailed(server, f"exited with {proc.returncode} before answering")
+        if _answers(url.rstrip("/") + probe) is not None:
+            return server
+        time.sleep(0.25)
+    server.stop()
+    raise ServerFailed(server, f"did not answer {probe} within {timeout:.0f} s")
+
+
+class ServerFailed(RuntimeError):
+    def __init__(self, server: Server, why: str):
+        self.server = server
+        super().__init__(f"{server.name} ({' '.join(server.proc.args)}) {why}; log {server.log_path}:\n"
+                         f"{server.log_tail()}")  # fmt: skip
+
+
+def _start(name: str, make_argv, tmp: Path, env: dict[str, str], probe: str, timeout: float,
+           attempts: int = 3) -> Server:  # fmt: skip
+    """Start on a free port; try another port if this one was taken between :func:`free_port` and the bind."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        port = free_port()
+        log_path = tmp / f"{name}.log"
+        try:
+            return _spawn(name, make_argv(port), log_path, env, f"http://127.0.0.1:{port}", probe, timeout)
+        except ServerFailed as exc:
+            taken = "address already in use" in exc.server.log_tail().lower()
+            if not taken or attempt == attempts - 1:
+                raise
+            log_path.rename(tmp / f"{name}.port-{port}-taken.log")
+    raise AssertionError("unreachable")
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, **QUIET_ENV, **extra}
+
+
+def start_moto(tmp: Path, timeout: float = 30.0) -> Server:
+    """moto's S3-compatible server on 127.0.0.1 (log: ``<tmp>/moto.log``)."""
+    return _start("moto", lambda port: [str(_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                  Path(tmp), server_env(), "/moto-api/", timeout)  # fmt: skip
+
+
+def create_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=QUIET_ENV["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=QUIET_ENV["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=QUIET_ENV["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    s3.create_bucket(Bucket=name)
+
+
+def start_mlflow(db_path: Path, artifacts_destination: str, s3_endpoint: str, timeout: float = 90.0) -> Server:
+    """``mlflow server`` on 127.0.0.1, one worker, no job-execution processes, a sqlite backend at ``db_path`` and
+    artifacts proxied to ``artifacts_destination`` (``s3://bucket/prefix`` on the S3 server at ``s3_endpoint``).
+    Its log goes beside the database (``mlflow.log``)."""
+    db_path = Path(db_path).resolve()
+
+    def argv(port: int) -> list[str]:
+        return [str(_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{db_path}", "--artifacts-destination", artifacts_destination]  # fmt: skip
+
+    env = server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_S3_ENDPOINT_URL=s3_endpoint)
+    return _start("mlflow", argv, db_path.parent, env, "/health", timeout)
+
+
+@contextlib.contextmanager
+def logs_on_error(*servers: Server, chars: int = 3000):
+    """Print each server's log tail (shown by pytest under "Captured stdout") when the block raises."""
+    try:
+        yield
+    except BaseException:
+        for server in servers:
+            print(f"----- {server.name} (pid {server.pid}, {server.url}) log {server.log_path} -----")
+            print(server.log_tail(chars))
+        raise
