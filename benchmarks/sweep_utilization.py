@@ -161,8 +161,10 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
 
         rec = {"trial_id": _tune.get_context().get_trial_id(), "pid": _os.getpid(), "start": _time.time(),
                "end": None, "first_fit_start": None, "fit_s": 0.0, "fit_cpu_s": 0.0, "images": 0, "fits": 0,
-               "evaluate_s": 0.0, "evaluations": 0, "save_s": 0.0, "report_s": [], "process_cpu_s": 0.0}  # fmt: skip
+               "evaluate_s": 0.0, "evaluations": 0, "save_s": 0.0, "report_s": [], "process_cpu_s": 0.0,
+               "events": []}  # fmt: skip
         cpu0 = _time.process_time()
+        rec["events"].append(("start", _time.perf_counter(), _time.perf_counter()))
         out = _Path(timings_dir) / f"{rec['trial_id']}.json"
 
         def dump() -> None:
@@ -181,6 +183,7 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
                 return originals["fit"](self, steps, on_log)
             finally:
                 rec["fit_s"] += _time.perf_counter() - t0
+                rec["events"].append(("fit", t0, _time.perf_counter()))
                 rec["fit_cpu_s"] += _time.thread_time() - c0
                 rec["images"] += (self.step - step0) * self.config.train.batch_size
                 rec["fits"] += 1
@@ -191,6 +194,7 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
                 return originals["evaluate"](self)
             finally:
                 rec["evaluate_s"] += _time.perf_counter() - t0
+                rec["events"].append(("evaluate", t0, _time.perf_counter()))
                 rec["evaluations"] += 1
 
         def save(self, path):
@@ -199,6 +203,7 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
                 return originals["save"](self, path)
             finally:
                 rec["save_s"] += _time.perf_counter() - t0
+                rec["events"].append(("save", t0, _time.perf_counter()))
 
         def report(metrics, checkpoint=None):
             dump()
@@ -207,6 +212,7 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
                 return _tune.report(metrics, checkpoint=checkpoint)
             finally:
                 rec["report_s"].append(_time.perf_counter() - t0)
+                rec["events"].append(("report", t0, _time.perf_counter()))
 
         proxy = _types.SimpleNamespace(report=report, get_checkpoint=_tune.get_checkpoint, Checkpoint=_tune.Checkpoint)
         real_tune = _st.tune
@@ -219,6 +225,7 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
             _Trainer.fit, _Trainer.evaluate, _Trainer.save = originals["fit"], originals["evaluate"], originals["save"]
             _st.tune = real_tune
             rec["end"] = _time.time()
+            rec["events"].append(("end", _time.perf_counter(), _time.perf_counter()))
             dump()
 
     return train_trial

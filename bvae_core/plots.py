@@ -167,3 +167,27 @@ def kl_against_capacity(history: list[dict]) -> Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def latent_factor_correlation(codes, factors, factor_names: tuple[str, ...]) -> Figure:
+    """Pearson correlation of each latent mean with each ground-truth factor (index), as a heat map."""
+    import numpy as np
+
+    codes, factors = np.asarray(codes, dtype=float), np.asarray(factors, dtype=float)
+    k, n_factors = codes.shape[1], factors.shape[1]
+    corr = np.zeros((k, n_factors))
+    for i in range(k):
+        for j in range(n_factors):
+            if codes[:, i].std() > 0 and factors[:, j].std() > 0:
+                corr[i, j] = np.corrcoef(codes[:, i], factors[:, j])[0, 1]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * n_factors, 1.0 + 0.35 * k))
+    image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(n_factors), factor_names, fontsize=8, rotation=30)
+    ax.set_yticks(range(k), [f"z{i}" for i in range(k)], fontsize=8)
+    for i in range(k):
+        for j in range(n_factors):
+            ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="Pearson r")
+    ax.set_title("latent means vs factors", fontsize=9)
+    fig.tight_layout()
+    return fig

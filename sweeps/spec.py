@@ -172,6 +172,14 @@ class FrontierSettings(_Strict):
     reference_distortion: float | None = None
 
 
+class EvalSettings(_Strict):
+    """Disentanglement metrics computed at the end of every trial (datasets with ground-truth factors), as in
+    disentanglement_lib; ``preset``: ``fast`` (fewer points) or ``full`` (the study's counts)."""
+
+    metrics: list[Literal["mig", "dci", "sap", "factorvae_score", "betavae_score"]] = []
+    preset: Literal["fast", "full"] = "fast"
+
+
 class _SpecModel(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     base: dict[str, Any]
@@ -181,6 +189,7 @@ class _SpecModel(_Strict):
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
     frontier: FrontierSettings = FrontierSettings()
+    eval: EvalSettings = EvalSettings()
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,7 @@ class SweepSpec:
     storage: StorageSettings
     ray: RaySettings
     frontier: FrontierSettings
+    eval: EvalSettings
     raw: dict[str, Any]
 
     @property
@@ -272,13 +282,17 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     if model.search.scheduler is not None and model.search.scheduler.metric not in _SCHEDULER_METRICS:
         raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
                         f"got {model.search.scheduler.metric!r}")  # fmt: skip
+    if model.eval.metrics and base_config.dataset.name not in _FACTOR_DATASETS:
+        raise SpecError(f"eval.metrics: the dataset {base_config.dataset.name!r} has no ground-truth factors to render; "
+                        f"disentanglement metrics need one of {', '.join(_FACTOR_DATASETS)}")  # fmt: skip
     if model.resources.gpu > 1 and not float(model.resources.gpu).is_integer():
         raise SpecError(f"resources.gpu: expected a fraction ≤ 1 or a whole number, got {model.resources.gpu}")
     return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
                      resources=model.resources, tracking=model.tracking, storage=model.storage, ray=model.ray,
-                     frontier=model.frontier, raw=data)  # fmt: skip
+                     frontier=model.frontier, eval=model.eval, raw=data)  # fmt: skip
 
 
+_FACTOR_DATASETS = ("dsprites", "blobs")
 _SCHEDULER_METRICS = ("nelbo", "rate", "distortion", "train/loss")
 
 

@@ -512,6 +512,13 @@ class MLflowTracking(Callback):
         try:
             self._last_results[trial.trial_id] = result
             run_id = self._ensure_child(trial)
+            extra_params = result.get("metric_params")
+            if isinstance(extra_params, Mapping) and extra_params:  # the disentanglement metrics' parameters
+                from mlflow.entities import Param
+
+                params = [Param(f"eval.{k}", _param_value(v)) for k, v in extra_params.items()]
+                for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+                    self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)
             metrics = contract_metrics(result)
             if metrics:
                 from mlflow.entities import Metric

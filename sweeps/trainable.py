@@ -13,7 +13,7 @@ import torch
 from ray import tune
 
 from bvae_core import NonFiniteLossError, Trainer
-from bvae_core.data import Dataset, make_dataset
+from bvae_core.data import Dataset, GroundTruthDataset, make_dataset
 from bvae_core.trainer import resolve_device
 
 from .search import DONE_KEY
@@ -39,7 +39,8 @@ def _dataset_for(config) -> Dataset:
 
 def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
     """Function trainable. ``params`` are the trial's flat sampled parameters; ``spec`` the raw sweep spec."""
-    config = parse_spec(spec).trial_config(params)
+    sweep = parse_spec(spec)
+    config = sweep.trial_config(params)
     trainer = Trainer(config, dataset=_dataset_for(config))
     checkpoint = tune.get_checkpoint()
     history: list[dict[str, float]] = []
@@ -60,6 +61,8 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         metrics = trainer.evaluate()
         metrics.update({k: v for k, v in latest_train.items() if k.startswith("train/")})
         metrics[DONE_KEY] = trainer.step >= total
+        if metrics[DONE_KEY] and sweep.eval.metrics:
+            metrics.update(_disentanglement(trainer, sweep.eval.metrics, sweep.eval.preset, config.seed))
         history.append({"step": trainer.step, "rate": metrics["rate"], "capacity": metrics.get("capacity")})
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
@@ -69,6 +72,18 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def _disentanglement(trainer: Trainer, names: list[str], preset: str, seed: int) -> dict[str, Any]:
+    """The spec's disentanglement metrics on the encoder means, and the parameters they used (logged as params)."""
+    from functools import partial
+
+    from bvae_core.evaluation import encode_means
+    from bvae_core.metrics import compute_metrics, metric_params
+
+    results: dict[str, Any] = compute_metrics(names, trainer.dataset, partial(encode_means, trainer.model), preset, seed)
+    results["metric_params"] = metric_params(names, preset)
+    return results
+
+
 def _write_trial_plots(trainer: Trainer, metrics: dict[str, float], history: list[dict], folder: Path) -> None:
     """The final checkpoint carries the trial's figures; the tracking callback logs them to the trial's run."""
     import matplotlib.pyplot as plt
@@ -76,7 +91,17 @@ def _write_trial_plots(trainer: Trainer, metrics: dict[str, float], history: lis
     from bvae_core.plots import kl_against_capacity, save_model_plots
 
     save_model_plots(trainer.model, trainer.likelihood, trainer.dataset, metrics, folder)
+    figures = {}
     if history and history[-1].get("capacity") is not None:
-        fig = kl_against_capacity(history)
-        fig.savefig(folder / "kl_vs_capacity.png", dpi=110)
+        figures["kl_vs_capacity.png"] = kl_against_capacity(history)
+    if isinstance(trainer.dataset, GroundTruthDataset):
+        from bvae_core.evaluation import encode_means
+        from bvae_core.plots import latent_factor_correlation
+
+        factors = trainer.dataset.test_factors[:2000]
+        codes = encode_means(trainer.model, trainer.dataset.render(factors))
+        figures["latent_factor_correlation.png"] = latent_factor_correlation(
+            codes.numpy(), factors.cpu().numpy(), trainer.dataset.factor_names)  # fmt: skip
+    for name, fig in figures.items():
+        fig.savefig(folder / name, dpi=110)
         plt.close(fig)

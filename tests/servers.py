@@ -10,6 +10,11 @@ Usable as plain helpers or from pytest fixtures::
 
     s3 = start_moto(tmp)
     request.addfinalizer(s3.stop)
+    create_bucket(s3.url, "artifacts")
+    tracking = start_mlflow(tmp / "mlflow.db", "s3://artifacts/mlflow", s3.url, timeout=None)
+    request.addfinalizer(tracking.stop)
+    ...  # something else meanwhile
+    tracking.wait_ready()
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Server:
     url: str
     proc: subprocess.Popen
     log_path: Path
+    probe: str = "/"  # a path that answers 2xx once the server is up
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -67,6 +73,20 @@ class Server:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError as exc:
             return f"(no log: {exc})"
+
+    def wait_ready(self, timeout: float = 90.0) -> Server:
+        """Return once ``GET url + probe`` answers 2xx; stop the server and raise :class:`ServerFailed` if it exits
+        first or does not answer within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise ServerFailed(self, f"exited with {self.proc.returncode} before answering")
+            if _answers(self.url + self.probe) is not None:
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServerFailed(self, f"did not answer {self.probe} within {timeout:.0f} s")
 
     def _group_alive(self) -> bool:
         try:
@@ -103,34 +123,26 @@ class Server:
         self.stop()
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 even where *_PROXY is set
+
+
 def _answers(url: str, timeout: float = 2.0) -> str | None:
     """The body of a GET on ``url`` when it answers 2xx, else None."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - 127.0.0.1 only
+        with _DIRECT.open(url, timeout=timeout) as response:
             return response.read().decode(errors="replace")
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
-def _spawn(name: str, argv: list[str], log_path: Path, env: dict[str, str], url: str, probe: str,
-           timeout: float) -> Server:  # fmt: skip
+def _spawn(name: str, argv: list[str], log_path: Path, env: dict[str, str], url: str, probe: str) -> Server:
     log = open(log_path, "ab")
     try:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=log_path.parent, start_new_session=True)  # fmt: skip
     finally:
         log.close()  # the child holds its own copy
-    server = Server(name, url, proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            server.stop()
-            raise ServerFailed(server, f"exited with {proc.returncode} before answering")
-        if _answers(url.rstrip("/") + probe) is not None:
-            return server
-        time.sleep(0.25)
-    server.stop()
-    raise ServerFailed(server, f"did not answer {probe} within {timeout:.0f} s")
+    return Server(name, url, proc, log_path, probe)
 
 
 class ServerFailed(RuntimeError):
@@ -140,15 +152,19 @@ class ServerFailed(RuntimeError):
                          f"{server.log_tail()}")  # fmt: skip
 
 
-def _start(name: str, make_argv, tmp: Path, env: dict[str, str], probe: str, timeout: float,
+def _start(name: str, make_argv, tmp: Path, env: dict[str, str], probe: str, timeout: float | None,
            attempts: int = 3) -> Server:  # fmt: skip
-    """Start on a free port; try another port if this one was taken between :func:`free_port` and the bind."""
+    """Start on a free port and, unless ``timeout`` is None, wait until it answers; try another port if this one was
+    taken between :func:`free_port` and the bind. With ``timeout=None`` the caller calls ``wait_ready()`` later."""
     tmp.mkdir(parents=True, exist_ok=True)
+    log_path = tmp / f"{name}.log"
     for attempt in range(attempts):
         port = free_port()
-        log_path = tmp / f"{name}.log"
+        server = _spawn(name, make_argv(port), log_path, env, f"http://127.0.0.1:{port}", probe)
+        if timeout is None:
+            return server
         try:
-            return _spawn(name, make_argv(port), log_path, env, f"http://127.0.0.1:{port}", probe, timeout)
+            return server.wait_ready(timeout)
         except ServerFailed as exc:
             taken = "address already in use" in exc.server.log_tail().lower()
             if not taken or attempt == attempts - 1:
@@ -161,7 +177,7 @@ def server_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **QUIET_ENV, **extra}
 
 
-def start_moto(tmp: Path, timeout: float = 30.0) -> Server:
+def start_moto(tmp: Path, timeout: float | None = 30.0) -> Server:
     """moto's S3-compatible server on 127.0.0.1 (log: ``<tmp>/moto.log``)."""
     return _start("moto", lambda port: [str(_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                   Path(tmp), server_env(), "/moto-api/", timeout)  # fmt: skip
@@ -176,10 +192,11 @@ def create_bucket(endpoint: str, name: str) -> None:
     s3.create_bucket(Bucket=name)
 
 
-def start_mlflow(db_path: Path, artifacts_destination: str, s3_endpoint: str, timeout: float = 90.0) -> Server:
+def start_mlflow(db_path: Path, artifacts_destination: str, s3_endpoint: str, timeout: float | None = 90.0) -> Server:
     """``mlflow server`` on 127.0.0.1, one worker, no job-execution processes, a sqlite backend at ``db_path`` and
     artifacts proxied to ``artifacts_destination`` (``s3://bucket/prefix`` on the S3 server at ``s3_endpoint``).
-    Its log goes beside the database (``mlflow.log``)."""
+    Its log goes beside the database (``mlflow.log``). It takes 6–30 s to answer (two Python processes import
+    mlflow, the first migrates the database): pass ``timeout=None`` to do other work meanwhile, then ``wait_ready()``."""
     db_path = Path(db_path).resolve()
 
     def argv(port: int) -> list[str]:
