@@ -77,7 +77,7 @@ import trainer_throughput as core  # noqa: E402  (the plain loop)
 
 TARGET_UTILISATION = 0.85
 TARGET_SPEEDUP = 1.30
-DEFAULT_STEPS = {"mlp": 2400, "burgess": 600}  # ~20–40 s per trial, two at a time on 2 idle cores
+DEFAULT_STEPS = {"mlp": 2000, "burgess": 600}  # ~20–40 s per trial, two at a time on 2 idle cores
 RESOLUTION, HIDDEN = 32, 256
 BETA_RANGE = [0.25, 32.0]
 
@@ -144,14 +144,20 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
     """A drop-in for ``sweeps.trainable.train_trial`` that times one trial's parts inside the Ray worker.
 
     Everything it needs is imported inside, so that cloudpickle ships it by value (this file is not importable on
-    the workers). The patches live only for the duration of the trial (one trial per actor at a time) and are
-    undone after it, so a reused actor starts each trial from the real code."""
+    the workers). For the duration of one trial (one trial per actor at a time) it wraps with timers: the
+    ``Trainer`` methods a trial calls (``__init__``, ``fit``, ``evaluate``, ``save``, ``load_state_dict``), every
+    function of ``sweeps.trainable`` itself (``_dataset_for``, the final plots, the disentanglement metrics, … —
+    whatever the trainable has, found by introspection, so a new helper is timed without editing this file),
+    ``parse_spec``, and ``tune.report`` (through a stand-in for the trainable's ``tune`` module). Only the
+    outermost timed call counts toward a part (no double counting). Everything is undone after the trial, so a
+    reused actor starts each trial from the real code. The record goes to ``<timings_dir>/<trial_id>.json``, also
+    before every report (a trial that dies leaves its figures so far)."""
 
     def train_trial(params: dict, spec: dict) -> None:
+        import inspect as _inspect
         import json as _json
         import os as _os
         import time as _time
-        import types as _types
         from pathlib import Path as _Path
 
         from ray import tune as _tune
@@ -159,12 +165,19 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
         import sweeps.trainable as _st
         from bvae_core.trainer import Trainer as _Trainer
 
-        rec = {"trial_id": _tune.get_context().get_trial_id(), "pid": _os.getpid(), "start": _time.time(),
-               "end": None, "first_fit_start": None, "fit_s": 0.0, "fit_cpu_s": 0.0, "images": 0, "fits": 0,
-               "evaluate_s": 0.0, "evaluations": 0, "save_s": 0.0, "report_s": [], "process_cpu_s": 0.0,
-               "events": []}  # fmt: skip
-        cpu0 = _time.process_time()
-        rec["events"].append(("start", _time.perf_counter(), _time.perf_counter()))
+        clock = _time.perf_counter
+        rec = {"trial_id": _tune.get_context().get_trial_id(), "pid": _os.getpid(), "start": _time.time(), "end": None,
+               "first_fit_start": None, "parts_s": {}, "calls": {}, "nested_s": {}, "images": 0, "fit_cpu_s": 0.0,
+               "report_s": [], "process_cpu_s": 0.0, "events": [], "trainable_file": _st.__file__}  # fmt: skip
+        cpu0, t_start, depth = _time.process_time(), clock(), [0]
+        try:  # when this worker process started (spawn → trial = process start + imports + Ray's actor setup)
+            with open("/proc/self/stat") as f:
+                ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+            with open("/proc/stat") as f:
+                boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
+            rec["process_start"] = boot + ticks / _os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, StopIteration):
+            rec["process_start"] = None
         out = _Path(timings_dir) / f"{rec['trial_id']}.json"
 
         def dump() -> None:
@@ -173,73 +186,96 @@ def make_timed_trainable(timings_dir: str) -> Callable[[dict, dict], None]:
             tmp.write_text(_json.dumps(rec))
             tmp.replace(out)
 
-        originals = {name: getattr(_Trainer, name) for name in ("fit", "evaluate", "save")}
+        def timed(name, fn, before=None, after=None):
+            def wrapper(*a, **k):
+                if before is not None:
+                    before(*a)
+                step0 = getattr(a[0], "step", None) if a else None
+                t0, c0 = clock(), _time.thread_time()
+                depth[0] += 1
+                try:
+                    return fn(*a, **k)
+                finally:
+                    depth[0] -= 1
+                    dt = clock() - t0
+                    bucket = rec["parts_s"] if depth[0] == 0 else rec["nested_s"]
+                    bucket[name] = bucket.get(name, 0.0) + dt
+                    rec["calls"][name] = rec["calls"].get(name, 0) + 1
+                    rec["events"].append((name, round(t0 - t_start, 4), round(dt, 4)))
+                    if after is not None:
+                        after(a, step0, _time.thread_time() - c0)
 
-        def fit(self, steps=None, on_log=None):
+            wrapper.__wrapped__ = fn
+            return wrapper
+
+        def fit_before(self, *_):
             if rec["first_fit_start"] is None:
                 rec["first_fit_start"] = _time.time()
-            step0, t0, c0 = self.step, _time.perf_counter(), _time.thread_time()
-            try:
-                return originals["fit"](self, steps, on_log)
-            finally:
-                rec["fit_s"] += _time.perf_counter() - t0
-                rec["events"].append(("fit", t0, _time.perf_counter()))
-                rec["fit_cpu_s"] += _time.thread_time() - c0
-                rec["images"] += (self.step - step0) * self.config.train.batch_size
-                rec["fits"] += 1
 
-        def evaluate(self):
-            t0 = _time.perf_counter()
-            try:
-                return originals["evaluate"](self)
-            finally:
-                rec["evaluate_s"] += _time.perf_counter() - t0
-                rec["events"].append(("evaluate", t0, _time.perf_counter()))
-                rec["evaluations"] += 1
+        def fit_after(a, step0, cpu):
+            self = a[0]
+            rec["images"] += (self.step - (step0 or 0)) * self.config.train.batch_size
+            rec["fit_cpu_s"] += cpu
 
-        def save(self, path):
-            t0 = _time.perf_counter()
-            try:
-                return originals["save"](self, path)
-            finally:
-                rec["save_s"] += _time.perf_counter() - t0
-                rec["events"].append(("save", t0, _time.perf_counter()))
+        undo = []
+        for name in ("__init__", "fit", "evaluate", "save", "load_state_dict"):
+            original = _Trainer.__dict__[name]
+            label = "Trainer()" if name == "__init__" else f"Trainer.{name}"
+            hooks = {"before": fit_before, "after": fit_after} if name == "fit" else {}
+            setattr(_Trainer, name, timed(label, original, **hooks))
+            undo.append((_Trainer, name, original))
+        for name, fn in list(vars(_st).items()):
+            own = _inspect.isfunction(fn) and fn.__module__ == _st.__name__ and name != "train_trial"
+            if own or name == "parse_spec":
+                setattr(_st, name, timed(name, fn))
+                undo.append((_st, name, fn))
 
         def report(metrics, checkpoint=None):
             dump()
-            t0 = _time.perf_counter()
+            t0 = clock()
             try:
                 return _tune.report(metrics, checkpoint=checkpoint)
             finally:
-                rec["report_s"].append(_time.perf_counter() - t0)
-                rec["events"].append(("report", t0, _time.perf_counter()))
+                dt = clock() - t0
+                rec["report_s"].append(dt)
+                rec["events"].append(("tune.report", round(t0 - t_start, 4), round(dt, 4)))
 
-        proxy = _types.SimpleNamespace(report=report, get_checkpoint=_tune.get_checkpoint, Checkpoint=_tune.Checkpoint)
-        real_tune = _st.tune
-        _Trainer.fit, _Trainer.evaluate, _Trainer.save = fit, evaluate, save
-        _st.tune = proxy
+        class TuneStandIn:
+            def __getattr__(self, name):
+                return getattr(_tune, name)
+
+        stand_in = TuneStandIn()
+        stand_in.report = report
+        undo.append((_st, "tune", _st.tune))
+        _st.tune = stand_in
+        real = _st.__dict__.get("_real_train_trial", _st.train_trial)
         try:
-            real = _st.__dict__.get("_real_train_trial", _st.train_trial)
             return real(params, spec)
         finally:
-            _Trainer.fit, _Trainer.evaluate, _Trainer.save = originals["fit"], originals["evaluate"], originals["save"]
-            _st.tune = real_tune
+            for owner, name, original in reversed(undo):
+                setattr(owner, name, original)
             rec["end"] = _time.time()
-            rec["events"].append(("end", _time.perf_counter(), _time.perf_counter()))
             dump()
 
     return train_trial
 
 
 # ---------------------------------------------------------------------------------------------------- driver side
+_CALLBACK_HOOKS = ("setup", "on_step_begin", "on_step_end", "on_trial_start", "on_trial_result", "on_trial_complete",
+                   "on_trial_error", "on_checkpoint", "on_experiment_end")  # fmt: skip
+
+
 class DriverProbes:
-    """Timers around driver-side pieces of ``run_sweep``, installed for one call and removed after it."""
+    """Timers around driver-side pieces of ``run_sweep``, installed for one call and removed after it: ``init_ray``,
+    every Tune callback hook per callback class (``CallbackList`` is patched to time each callback on its own, so
+    the project's callbacks *and* Tune's default loggers are covered, whatever the runner puts in the list), Tune's
+    experiment-state snapshot, and the substitution of the timed trainable."""
 
     def __init__(self) -> None:
         self.init_ray_s = math.nan
         self.init_ray_end = math.nan
         self.trackers: list[Any] = []
-        self.callback_s: dict[str, list[float]] = {}
+        self.callback_s: dict[str, dict[str, list[float]]] = {}  # class -> hook -> seconds per call
         self.snapshot_s: list[float] = []
         self._undo: list[Callable[[], None]] = []
 
@@ -251,6 +287,7 @@ class DriverProbes:
     def install(self, timings_dir: str) -> None:
         import sweeps.runner as runner
         import sweeps.trainable as trainable
+        from ray.tune.callback import CallbackList
         from ray.tune.execution.tune_controller import TuneController
 
         from sweeps.tracking import MLflowTracking
@@ -268,24 +305,26 @@ class DriverProbes:
 
         self._patch(runner, "init_ray", timed_init)
 
-        def timed_callback(name):
+        def per_callback(hook):
             def make(original):
-                def hook(cb_self, *a, **k):
-                    if cb_self not in self.trackers:
-                        self.trackers.append(cb_self)
-                    t0 = time.perf_counter()
-                    try:
-                        return original(cb_self, *a, **k)
-                    finally:
-                        self.callback_s.setdefault(name, []).append(time.perf_counter() - t0)
+                def method(cl_self, **info):
+                    for cb in cl_self._callbacks:
+                        if isinstance(cb, MLflowTracking) and cb not in self.trackers:
+                            self.trackers.append(cb)
+                        t0 = time.perf_counter()
+                        try:  # Tune's own code, one callback at a time
+                            original(SimpleNamespace(_callbacks=[cb]), **info)
+                        finally:
+                            per_class = self.callback_s.setdefault(type(cb).__name__, {})
+                            per_class.setdefault(hook, []).append(time.perf_counter() - t0)
 
-                return hook
+                return method
 
             return make
 
-        for hook in ("setup", "on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error",
-                     "on_experiment_end"):  # fmt: skip
-            self._patch(MLflowTracking, hook, timed_callback(hook))
+        for hook in _CALLBACK_HOOKS:
+            if hook in CallbackList.__dict__:
+                self._patch(CallbackList, hook, per_callback(hook))
 
         def timed_snapshot(original):
             def checkpoint(ctl_self, *a, **k):
@@ -299,8 +338,7 @@ class DriverProbes:
 
         self._patch(TuneController, "checkpoint", timed_snapshot)
         # run_sweep does `from .trainable import train_trial` when called: it picks up the timed wrapper.
-        real = trainable.train_trial
-        trainable._real_train_trial = real  # the wrapper calls this (by name, in the worker's own import)
+        trainable._real_train_trial = trainable.train_trial
         self._undo.append(lambda: trainable.__dict__.pop("_real_train_trial", None))
         self._patch(trainable, "train_trial", lambda _original: make_timed_trainable(timings_dir))
 
@@ -321,6 +359,10 @@ def run_sweep_phase(args: argparse.Namespace, folder: Path, cores: int) -> dict[
     timings_dir = folder / "trial_timings"
     timings_dir.mkdir()
     spec = parse_spec(build_spec(args, folder, cores))
+    if args.warm_store:  # the store's schema created before the clock starts (a store that has seen a sweep)
+        from mlflow import MlflowClient
+
+        MlflowClient(spec.tracking.uri).search_experiments()
     probes = DriverProbes()
     probes.install(str(timings_dir))
     load0, busy0, cpu0 = loadavg(), machine_busy(), time.process_time()
@@ -337,19 +379,36 @@ def run_sweep_phase(args: argparse.Namespace, folder: Path, cores: int) -> dict[
 
     trials = [json.loads(p.read_text()) for p in sorted(timings_dir.glob("*.json"))]
     reports = [s for tracker in probes.trackers for s in getattr(tracker, "report_seconds", [])]
-    statuses = [row.status for row in outcome.rows]
     return {
         "wall_s": wall, "start": start, "end": end, "init_ray_s": probes.init_ray_s, "init_ray_end": probes.init_ray_end,
-        "trials": trials, "statuses": statuses,
+        "trials": trials, "statuses": [row.status for row in outcome.rows],
         "betas": [row.params.get("objective.beta") for row in outcome.rows],
-        "mlflow_report_s": reports, "mlflow_callback_s": probes.callback_s, "snapshot_s": probes.snapshot_s,
+        "mlflow_report_s": reports, "callback_s": probes.callback_s, "snapshot_s": probes.snapshot_s,
         "driver_cpu_s": driver_cpu, "machine_busy": busy_share(busy0, busy1), "load_before": load0, "load_after": load1,
     }  # fmt: skip
 
 
+_PART_LABELS = {
+    "Trainer.fit": "training (Trainer.fit)",
+    "Trainer.evaluate": "evaluation (Trainer.evaluate)",
+    "Trainer.save": "checkpoint write (Trainer.save)",
+    "Trainer()": "model + optimizer (Trainer())",
+    "_dataset_for": "dataset tables (_dataset_for)",
+    "Trainer.load_state_dict": "checkpoint load (Trainer.load_state_dict)",
+    "_write_trial_plots": "final trial plots (_write_trial_plots)",
+    "_disentanglement": "disentanglement metrics (_disentanglement)",
+    "parse_spec": "spec parsing (parse_spec)",
+}
+
+
+def _stats_ms(values: list[float]) -> dict[str, float]:
+    return {"mean": 1e3 * statistics.fmean(values) if values else math.nan, "p95": 1e3 * pct(values, 0.95),
+            "max": 1e3 * max(values, default=math.nan), "n": len(values), "total_s": sum(values)}  # fmt: skip
+
+
 def analyse_sweep(raw: dict[str, Any], cores: int, cpus_per_trial: float = 1.0) -> dict[str, Any]:
     trials, wall = raw["trials"], raw["wall_s"]
-    fit_s = sum(t["fit_s"] for t in trials)
+    fit_s = sum(t["parts_s"].get("Trainer.fit", 0.0) for t in trials)
     images = sum(t["images"] for t in trials)
     core_s = wall * cores
     ray_s = raw["init_ray_s"]
@@ -361,26 +420,34 @@ def analyse_sweep(raw: dict[str, Any], cores: int, cpus_per_trial: float = 1.0) 
     for t in trials:
         by_pid.setdefault(t["pid"], []).append(t)
     first_start = [min(t["start"] for t in ts) - raw["init_ray_end"] for ts in by_pid.values()]
-    gaps = [b["start"] - a["end"] for ts in by_pid.values()
-            for a, b in zip(sorted(ts, key=lambda t: t["start"]), sorted(ts, key=lambda t: t["start"])[1:])]  # fmt: skip
+    # … split at the moment the worker process started (it may predate Ray being up: Ray prestarts workers)
+    spawn_wait = [max(0.0, min(max(ts[0].get("process_start") or raw["init_ray_end"], raw["init_ray_end"]) -
+                                   raw["init_ray_end"], first))
+                  for ts, first in zip(by_pid.values(), first_start)]  # fmt: skip
+    gaps = []
+    for ts in by_pid.values():
+        ts = sorted(ts, key=lambda t: t["start"])
+        gaps += [b["start"] - a["end"] for a, b in zip(ts, ts[1:])]
     tails = [raw["end"] - max(t["end"] for t in ts) for ts in by_pid.values()]
     idle_slots = max(0, cores - len(by_pid))  # a core that never got a trial
-    breakdown = {  # core-seconds
-        "training (Trainer.fit)": fit_s * cpus_per_trial,
-        "Ray start (init_ray)": ray_s * cores,
-        "first trial start (actor spawn, imports)": sum(first_start) + idle_slots * (wall - ray_s),
-        "between trials on a reused actor": sum(gaps),
-        "trial setup (spec, dataset, model)": sum(setup),
-        "evaluation": sum(t["evaluate_s"] for t in trials),
-        "checkpoint write (Trainer.save)": sum(t["save_s"] for t in trials),
-        "blocked in tune.report (driver round trip)": sum(report_blocked),
-        "tail (no trial left for the core)": sum(tails),
-    }
-    breakdown["other (inside trials, unattributed)"] = sum(in_trial) - sum(
-        breakdown[k] for k in ("training (Trainer.fit)", "trial setup (spec, dataset, model)", "evaluation",
-                               "checkpoint write (Trainer.save)", "blocked in tune.report (driver round trip)"))  # fmt: skip
+    parts: dict[str, float] = {}
+    for t in trials:
+        for name, seconds in t["parts_s"].items():
+            parts[name] = parts.get(name, 0.0) + seconds
+    breakdown = {_PART_LABELS.get("Trainer.fit"): fit_s * cpus_per_trial}
+    breakdown["Ray start (init_ray)"] = ray_s * cores
+    breakdown["Ray up → first worker process (driver: callbacks' setup, …)"] = sum(spawn_wait) + idle_slots * (wall - ray_s)
+    breakdown["worker process start → first trial (imports, actor init)"] = sum(first_start) - sum(spawn_wait)
+    breakdown["between trials on a reused actor"] = sum(gaps)
+    for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
+        if name != "Trainer.fit":
+            breakdown[_PART_LABELS.get(name, name)] = seconds
+    breakdown["blocked in tune.report (driver round trip)"] = sum(report_blocked)
+    breakdown["other inside trials (tempdirs, history, …)"] = (
+        sum(in_trial) - sum(parts.values()) - sum(report_blocked))  # fmt: skip
+    breakdown["tail (no trial left for the core)"] = sum(tails)
     breakdown["unaccounted"] = core_s - sum(breakdown.values())
-    mlflow = raw["mlflow_report_s"]
+    callbacks = {cls: {hook: sum(v) for hook, v in hooks.items()} for cls, hooks in raw["callback_s"].items()}
     return {
         "wall_s": wall,
         "init_ray_s": ray_s,
@@ -392,22 +459,19 @@ def analyse_sweep(raw: dict[str, Any], cores: int, cpus_per_trial: float = 1.0) 
         "utilisation": fit_s * cpus_per_trial / core_s,
         "utilisation_without_ray_start": fit_s * cpus_per_trial / ((wall - ray_s) * cores),
         "images_per_s": images / wall,
-        "fit_images_per_s_per_trial": statistics.median(t["images"] / t["fit_s"] for t in trials) if trials else math.nan,
+        "fit_images_per_s_per_trial": statistics.median(
+            t["images"] / t["parts_s"]["Trainer.fit"] for t in trials if t["parts_s"].get("Trainer.fit")) if trials else math.nan,
         "fit_cpu_share": sum(t["fit_cpu_s"] for t in trials) / fit_s if fit_s else math.nan,
         "trial_s": {"median": statistics.median(in_trial) if in_trial else math.nan,
                     "min": min(in_trial, default=math.nan), "max": max(in_trial, default=math.nan)},
         "setup_s": {"median": statistics.median(setup) if setup else math.nan, "max": max(setup, default=math.nan)},
-        "report_blocked_ms": {"mean": 1e3 * statistics.fmean(report_blocked) if report_blocked else math.nan,
-                              "p95": 1e3 * pct(report_blocked, 0.95), "n": len(report_blocked)},
+        "report_blocked_ms": _stats_ms(report_blocked),
         "gap_between_trials_s": {"mean": statistics.fmean(gaps) if gaps else math.nan, "n": len(gaps)},
         "first_trial_start_s": {"mean": statistics.fmean(first_start) if first_start else math.nan},
-        "mlflow_ms_per_report": {"mean": 1e3 * statistics.fmean(mlflow) if mlflow else math.nan,
-                                 "p95": 1e3 * pct(mlflow, 0.95), "max": 1e3 * max(mlflow, default=math.nan),
-                                 "n": len(mlflow)},
-        "mlflow_driver_s": {k: sum(v) for k, v in raw["mlflow_callback_s"].items()},
-        "snapshot_ms": {"mean": 1e3 * statistics.fmean(raw["snapshot_s"]) if raw["snapshot_s"] else math.nan,
-                        "p95": 1e3 * pct(raw["snapshot_s"], 0.95), "n": len(raw["snapshot_s"]),
-                        "total_s": sum(raw["snapshot_s"])},
+        "mlflow_ms_per_report": _stats_ms(raw["mlflow_report_s"]),
+        "callbacks_s": callbacks,
+        "callbacks_total_s": sum(sum(h.values()) for h in callbacks.values()),
+        "snapshot_ms": _stats_ms(raw["snapshot_s"]),
         "driver_cpu_s": raw["driver_cpu_s"],
         "machine_busy": raw["machine_busy"],
         "load_before": raw["load_before"],
@@ -511,42 +575,54 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"Sweep utilisation — {a['trials']} trials × {a['steps']} steps, dSprites {RESOLUTION} px, {a['arch']}, "
           f"batch {core.BATCH}, {a['evals']} evaluations/checkpoints/reports per trial on {a['n_eval']} images; "
           f"{s['cores']} cores, resources cpu 1 per trial; torch {r['torch']}, ray {r['ray']}")  # fmt: skip
-    print(f"load average (1 min): before sweep {s['load_before']:.2f}, after {s['load_after']:.2f}; "
-          f"after plain {p['load_after']:.2f}. All cores busy (any process): sweep {100 * s['machine_busy']:.0f} %, "
-          f"plain {100 * p['machine_busy']:.0f} %")  # fmt: skip
+    plain_load = (f"; after plain {p['load_after']:.2f}" if p else "")
+    print(f"load average (1 min): before the sweep {s['load_before']:.2f}, after it {s['load_after']:.2f}{plain_load}. "
+          f"Share of all cores busy (any process on the machine): sweep {100 * s['machine_busy']:.0f} %"
+          + (f", plain {100 * p['machine_busy']:.0f} %" if p else ""))  # fmt: skip
+    if s["fit_cpu_share"] < 0.9:
+        print(f"WARNING: the training threads got only {100 * s['fit_cpu_share']:.0f} % of a core while in "
+              f"Trainer.fit: other processes held the cores; absolute figures measure the machine's load too")
     print(f"\nsweep: run_sweep wall {s['wall_s']:.1f} s (Ray start {s['init_ray_s']:.1f} s); "
-          f"{s['trials_run']} trials {dict((x, s['statuses'].count(x)) for x in set(s['statuses']))}; "
-          f"trial {s['trial_s']['median']:.1f} s median ({s['trial_s']['min']:.1f}–{s['trial_s']['max']:.1f})")
-    print(f"  training inside Trainer.fit: {s['fit_s']:.1f} trial-s, {s['images']:,} images; per trial "
-          f"{s['fit_images_per_s_per_trial']:,.0f} img/s while in fit (fit thread on CPU {100 * s['fit_cpu_share']:.0f} % "
-          f"of its wall time)")  # fmt: skip
+          f"{s['trials_run']} trials {dict((x, s['statuses'].count(x)) for x in sorted(set(s['statuses'])))}; "
+          f"a trial {s['trial_s']['median']:.1f} s median ({s['trial_s']['min']:.1f}–{s['trial_s']['max']:.1f})")
+    print(f"  training inside Trainer.fit: {s['fit_s']:.1f} trial-s, {s['images']:,} images; "
+          f"{s['fit_images_per_s_per_trial']:,.0f} img/s per trial while in fit (its thread on a CPU "
+          f"{100 * s['fit_cpu_share']:.0f} % of that time)")  # fmt: skip
     print(f"  1. utilisation Σ fit × cpu / (wall × cores): {100 * s['utilisation']:.1f} % "
           f"({100 * s['utilisation_without_ray_start']:.1f} % without the Ray start)")
     m = s["mlflow_ms_per_report"]
-    print(f"  2. MLflow per on_trial_result: mean {m['mean']:.1f} ms, p95 {m['p95']:.1f} ms, max {m['max']:.1f} ms "
-          f"over {m['n']} reports; MLflow in the driver in all: "
-          + ", ".join(f"{k} {x:.2f} s" for k, x in s["mlflow_driver_s"].items()))
-    print(f"  trial blocked in tune.report: mean {s['report_blocked_ms']['mean']:.0f} ms, p95 "
-          f"{s['report_blocked_ms']['p95']:.0f} ms ({s['report_blocked_ms']['n']}); Tune experiment snapshots: "
-          f"{s['snapshot_ms']['n']} × {s['snapshot_ms']['mean']:.1f} ms mean (p95 {s['snapshot_ms']['p95']:.1f}), "
-          f"{s['snapshot_ms']['total_s']:.1f} s; driver CPU {s['driver_cpu_s']:.1f} s "
+    print(f"  2. MLflow per on_trial_result (MLflowTracking.report_seconds): mean {m['mean']:.1f} ms, "
+          f"p95 {m['p95']:.1f} ms, max {m['max']:.1f} ms over {m['n']} reports")
+    b = s["report_blocked_ms"]
+    print(f"  a trial blocked in tune.report: mean {b['mean']:.0f} ms, p95 {b['p95']:.0f} ms, max {b['max']:.0f} ms "
+          f"({b['n']} reports); Tune experiment snapshots {s['snapshot_ms']['n']} × {s['snapshot_ms']['mean']:.1f} ms "
+          f"= {s['snapshot_ms']['total_s']:.1f} s; driver CPU {s['driver_cpu_s']:.1f} s "
           f"({100 * s['driver_cpu_s'] / s['wall_s']:.0f} % of a core)")  # fmt: skip
-    print(f"  trial setup {s['setup_s']['median']:.2f} s median (max {s['setup_s']['max']:.2f}); first trial start "
-          f"after Ray {s['first_trial_start_s']['mean']:.2f} s; gap between trials on a reused actor "
-          f"{s['gap_between_trials_s']['mean']:.2f} s mean ({s['gap_between_trials_s']['n']})")  # fmt: skip
-    print(f"  where the {s['core_seconds']:.0f} core-seconds went:")
+    print(f"  driver time in Tune callbacks ({s['callbacks_total_s']:.1f} s in all), by callback and hook, s:")
+    for cls, hooks in sorted(s["callbacks_s"].items(), key=lambda kv: -sum(kv[1].values())):
+        busy = {h: x for h, x in hooks.items() if x >= 0.005}
+        if busy:
+            print(f"    {cls:24s} " + ", ".join(f"{h} {x:.2f}" for h, x in sorted(busy.items(), key=lambda kv: -kv[1])))
+    print(f"  trial start → first training step {s['setup_s']['median']:.2f} s median (max {s['setup_s']['max']:.2f}); "
+          f"Ray up → a core's first trial {s['first_trial_start_s']['mean']:.2f} s mean; between trials on a reused "
+          f"actor {s['gap_between_trials_s']['mean']:.2f} s mean ({s['gap_between_trials_s']['n']})")  # fmt: skip
+    print(f"  where the {s['core_seconds']:.0f} core-seconds (wall × cores) went:")
     for k, x in s["breakdown_core_s"].items():
-        print(f"    {k:45s} {x:7.1f}  {100 * x / s['core_seconds']:5.1f} %")
+        print(f"    {k:58s} {x:7.1f}  {100 * x / s['core_seconds']:5.1f} %")
+    word = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    if p is None:
+        print(f"\nverdict: utilisation ≥ {100 * TARGET_UTILISATION:.0f} % {word(v['utilisation']['pass'])} "
+              f"({100 * v['utilisation']['value']:.1f} %) | throughput: not measured (--skip-plain)")
+        return
     probe = p["probe_img_s"]
-    probe_txt = (" (probe, plain loop img/s: " + ", ".join(f"{n} thread{'s' if n > 1 else ''} {x:,.0f}"
-                                                       for n, x in probe.items()) + ")") if probe else ""
-    print(f"\nplain one after another: {p['threads']} thread(s){probe_txt}; wall {p['wall_s']:.1f} s = render "
+    probe_txt = (" (picked by the probe, plain loop img/s: " + ", ".join(
+        f"{n} thread{'s' if int(n) > 1 else ''} {x:,.0f}" for n, x in probe.items()) + ")") if probe else ""  # fmt: skip
+    print(f"\nplain, one trial after another: {p['threads']} thread(s){probe_txt}; wall {p['wall_s']:.1f} s = render "
           f"{p['render_s']:.1f} + train {p['train_s']:.1f} + evaluate {p['evaluate_s']:.1f} + model builds "
-          f"{p['model_build_s']:.1f}; {p['train_images_per_s']:,.0f} img/s while training; CPU/wall "
+          f"{p['model_build_s']:.1f}; {p['train_images_per_s']:,.0f} img/s while training; process CPU / wall "
           f"{p['cpu_per_wall']:.2f}")  # fmt: skip
     print(f"  3. training images/s: sweep {s['images_per_s']:,.0f} vs one after another {p['images_per_s']:,.0f}: "
           f"{r['speedup']:.2f}×")
-    word = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     print(f"\nverdict: utilisation ≥ {100 * TARGET_UTILISATION:.0f} % {word(v['utilisation']['pass'])} "
           f"({100 * v['utilisation']['value']:.1f} %) | throughput ≥ {TARGET_SPEEDUP:.1f}× one after another "
           f"{word(v['speedup']['pass'])} ({v['speedup']['value']:.2f}×)")  # fmt: skip
@@ -564,6 +640,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plain-threads", default="best",
                    help="threads of the plain loop: best (probe 1 vs all cores, default) or a number")
     p.add_argument("--probe-steps", type=int, default=None, help="steps per probe timing (default: mlp 100, burgess 30)")
+    p.add_argument("--warm-store", action="store_true",
+                   help="create the temporary MLflow store's tables before timing (default: a fresh store, as a "
+                        "first sweep on a new mlflow.db; its schema creation then counts)")
     p.add_argument("--skip-plain", action="store_true", help="sweep only (no throughput comparison)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of the report")
     args = p.parse_args(argv)
@@ -607,8 +686,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         json.dump(report, sys.stdout, default=str)
         print()
-    elif plain is None:
-        print(json.dumps(sweep, indent=1, default=str))
     else:
         print_report(report)
     return 0

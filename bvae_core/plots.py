@@ -139,7 +139,10 @@ def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound:
                 ax.annotate(f"β={p['beta']:.3g}", (p["rate"], p["distortion"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)  # fmt: skip
     if bound is not None:
-        ax.plot(bound[0], bound[1], color="black", ls="--", lw=1, label="Shannon R(D)", zorder=1)
+        # the bound over the rates the points span (and a little more), so the points are not squeezed into a corner
+        top = 1.5 * max((p["rate"] for p in points), default=1.0) + 0.5
+        keep = [(r, d) for r, d in zip(*bound) if r <= top]
+        ax.plot([r for r, _ in keep], [d for _, d in keep], color="black", ls="--", lw=1, label="Shannon R(D)", zorder=1)
     if entropy is not None and points:
         top = max(p["rate"] for p in points) * 1.05 + 1e-9
         r = [0.0, min(entropy, top)]

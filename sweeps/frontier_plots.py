@@ -81,7 +81,9 @@ def html_page(points: list[dict], title: str, color_by: str = "beta", bound=None
                                  text=[f"β={p['beta']:.3g}" if p.get("beta") is not None else "" for p in front],
                                  textposition="top right", showlegend=False, hoverinfo="skip"))  # fmt: skip
     if bound is not None:
-        fig.add_trace(go.Scatter(x=bound[0], y=bound[1], mode="lines", name="Shannon R(D)",
+        top = 1.5 * max((p["rate"] for p in points), default=1.0) + 0.5
+        bound = tuple(zip(*[(r, d) for r, d in zip(*bound) if r <= top])) or ([], [])
+        fig.add_trace(go.Scatter(x=list(bound[0]), y=list(bound[1]), mode="lines", name="Shannon R(D)",
                                  line={"dash": "dash", "color": "black"}))  # fmt: skip
     if entropy is not None and points:
         top = min(entropy, max(p["rate"] for p in points) * 1.05 + 1e-9)

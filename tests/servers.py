@@ -68,11 +68,15 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def log_tail(self, chars: int = 4000, noise: tuple[str, ...] = ()) -> str:
+        """The last ``chars`` characters of the log, without the lines that contain any of ``noise``."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            text = self.log_path.read_text(errors="replace")
         except OSError as exc:
             return f"(no log: {exc})"
+        if noise:
+            text = "".join(line for line in text.splitlines(keepends=True) if not any(n in line for n in noise))
+        return text[-chars:]
 
     def wait_ready(self, timeout: float = 90.0) -> Server:
         """Return once ``GET url + probe`` answers 2xx; stop the server and raise :class:`ServerFailed` if it exits
@@ -215,5 +219,5 @@ def logs_on_error(*servers: Server, chars: int = 3000):
     except BaseException:
         for server in servers:
             print(f"----- {server.name} (pid {server.pid}, {server.url}) log {server.log_path} -----")
-            print(server.log_tail(chars))
+            print(server.log_tail(chars, noise=("/static-files/",)))  # the UI's own JS and CSS: hundreds of lines
         raise

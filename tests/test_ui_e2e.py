@@ -29,6 +29,8 @@ BUCKET, PREFIX = "bvae-e2e", "mlflow-artifacts"
 SWEEP = "ui-e2e"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+pytestmark = pytest.mark.slow  # ~60–100 s on 2 busy cores: two servers, Ray, a 4-trial sweep and a browser
+
 
 def sweep_spec(tmp: Path, tracking_uri: str) -> dict:
     return {
@@ -52,14 +54,17 @@ def stack(request, tmp_path_factory):
     """moto (S3) + an MLflow server with ``--artifacts-destination s3://BUCKET/PREFIX`` on it, each stopped by its
     own pid when the module ends, whatever happens."""
     tmp = tmp_path_factory.mktemp("ui_e2e")
+    start = time.monotonic()
     s3 = start_moto(tmp)
     request.addfinalizer(s3.stop)
     create_bucket(s3.url, BUCKET)
     tracking = start_mlflow(tmp / "mlflow.db", f"s3://{BUCKET}/{PREFIX}", s3.url, timeout=None)
     request.addfinalizer(tracking.stop)
     request.getfixturevalue("local_ray")  # Ray starts while the MLflow server imports and migrates
+    ray_up = time.monotonic() - start
     tracking.wait_ready(120)
-    print(f"moto {s3.url} (pid {s3.pid}), mlflow {tracking.url} (pid {tracking.pid}); logs in {tmp}")
+    print(f"moto {s3.url} (pid {s3.pid}), mlflow {tracking.url} (pid {tracking.pid}) up in "
+          f"{time.monotonic() - start:.1f} s (Ray in {ray_up:.1f} s); logs in {tmp}")  # fmt: skip
     return {"tmp": tmp, "s3": s3, "mlflow": tracking}
 
 
@@ -124,8 +129,10 @@ def test_frontier_artifacts_go_through_the_server_to_s3(stack, sweep, tmp_path):
         assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
 
 
-def playwright_or_skip():
-    """``sync_playwright`` when the browser part can run; else skip, or fail in CI."""
+@pytest.fixture(scope="module")
+def sync_playwright():
+    """Playwright's ``sync_playwright`` when the browser part can run; else skip (before any server starts), or
+    fail in CI."""
     missing = []
     if not os.access(CHROMIUM, os.X_OK):
         missing.append(f"{CHROMIUM} (Debian package chromium)")
@@ -137,13 +144,12 @@ def playwright_or_skip():
     if missing:
         reason = f"the MLflow UI test needs {' and '.join(missing)}; run .ci/install_browser.sh"
         if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-            pytest.fail(f"CI: {reason}")
+            pytest.fail(f"CI=true: {reason}")
         pytest.skip(reason)
     return sync_playwright
 
 
-def test_mlflow_ui_renders_the_frontier_figure(stack, sweep, tmp_path):
-    sync_playwright = playwright_or_skip()
+def test_mlflow_ui_renders_the_frontier_figure(sync_playwright, stack, sweep, tmp_path):
     base = stack["mlflow"].url
     from mlflow import MlflowClient
 
@@ -174,6 +180,9 @@ def test_mlflow_ui_renders_the_frontier_figure(stack, sweep, tmp_path):
                 entry = page.get_by_text("rd_frontier.png", exact=True).first
                 entry.wait_for()  # listed in the run's artifact tree
                 assert page.get_by_text("rd_frontier.html", exact=True).count() >= 1
+                close = page.get_by_role("button", name="Close", exact=True)  # the MLflow Assistant side panel
+                if close.count() == 1:
+                    close.click()
                 entry.click()
                 image = page.locator('img[alt="rd_frontier.png"]').first
                 image.wait_for()
@@ -181,8 +190,12 @@ def test_mlflow_ui_renders_the_frontier_figure(stack, sweep, tmp_path):
                 natural = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
                 page.screenshot(path=str(shot), full_page=True)
             except Exception:
-                page.screenshot(path=str(ARTIFACTS_OUT / "ui_e2e_failure.png"), full_page=True)
-                print(f"page {page.url}; screenshot {ARTIFACTS_OUT / 'ui_e2e_failure.png'}")
+                failure = ARTIFACTS_OUT / "ui_e2e_failure.png"
+                try:  # what the page showed; never hides the real error
+                    page.screenshot(path=str(failure), full_page=True, timeout=15_000)
+                    print(f"page {page.url}; screenshot {failure}")
+                except Exception as exc:  # noqa: BLE001
+                    print(f"page {page.url}; no screenshot ({exc})")
                 raise
         finally:
             browser.close()

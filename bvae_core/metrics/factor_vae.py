@@ -56,8 +56,8 @@ def factorvae_details(dataset: Any, encode: Encode, *, batch_size: int = BATCH_S
                       encode_batch_size: int = 512) -> dict[str, float]:  # fmt: skip
     """``{"train_accuracy", "eval_accuracy", "num_active_dims"}`` of the FactorVAE majority-vote classifier."""
     if batch_size < 2 or num_train < 1 or num_eval < 1 or num_variance_estimate < 2:
-        raise ValueError("factorvae_score: expected batch_size ≥ 2, num_train ≥ 1, num_eval ≥ 1 and "
-                         f"num_variance_estimate ≥ 2, got {batch_size}, {num_train}, {num_eval}, {num_variance_estimate}")  # fmt: skip
+        raise ValueError("factorvae_score: expected batch_size ≥ 2, num_train ≥ 1, num_eval ≥ 1 and num_variance_estimate"
+                         f" ≥ 2, got {batch_size}, {num_train}, {num_eval}, {num_variance_estimate}")  # fmt: skip
     if not any(size > 1 for size in dataset.factor_sizes):
         raise ValueError("factorvae_score: the dataset has no factor with more than one value")
     generator = make_generator(seed, "factorvae_score")

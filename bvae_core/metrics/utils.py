@@ -18,9 +18,10 @@ def check_codes_factors(codes: np.ndarray, factors: np.ndarray, metric: str) -> 
     codes = np.asarray(codes, dtype=np.float64)
     factors = np.asarray(factors)
     if codes.ndim != 2 or factors.ndim != 2:
-        raise ValueError(f"{metric}: expected codes [N, k] and factors [N, K], got shapes {codes.shape} and {factors.shape}")
+        raise ValueError(f"{metric}: expected codes [N, k] and factors [N, K], got shapes {codes.shape}, {factors.shape}")
     if codes.shape[0] != factors.shape[0]:
-        raise ValueError(f"{metric}: codes and factors must have one row per point, got {codes.shape[0]} and {factors.shape[0]} rows")
+        raise ValueError(f"{metric}: codes and factors must have one row per point, "
+                         f"got {codes.shape[0]} and {factors.shape[0]} rows")  # fmt: skip
     if codes.shape[0] < 2:
         raise ValueError(f"{metric}: needs at least 2 points, got {codes.shape[0]}")
     if not np.all(np.isfinite(codes)):
@@ -46,7 +47,7 @@ def split_train_test(codes: np.ndarray, factors: np.ndarray, train_fraction: flo
         raise ValueError(f"train_fraction: expected a number in (0, 1), got {train_fraction}")
     n_train = int(math.ceil(codes.shape[0] * train_fraction))
     if not 0 < n_train < codes.shape[0]:
-        raise ValueError(f"cannot split {codes.shape[0]} points into train and test with train_fraction={train_fraction}")
+        raise ValueError(f"cannot split {codes.shape[0]} points into train and test (train_fraction={train_fraction})")
     return codes[:n_train], factors[:n_train], codes[n_train:], factors[n_train:]
 
 
