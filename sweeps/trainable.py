@@ -50,9 +50,12 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
             if (Path(folder) / HISTORY_FILE).exists():
                 history = json.loads((Path(folder) / HISTORY_FILE).read_text())
     total, latest_train = config.train.steps, {}
-    while trainer.step < total:
+    # Always end with a report: a trial restored from its final checkpoint (it finished, but the driver died before
+    # Tune recorded that) reports its final, deterministic evaluation again instead of ending with no result.
+    while True:
         try:
-            trainer.fit(min(config.train.eval_every, total - trainer.step), on_log=latest_train.update)
+            if trainer.step < total:
+                trainer.fit(min(config.train.eval_every, total - trainer.step), on_log=latest_train.update)
         except NonFiniteLossError as e:
             # No retry can help a diverged trial: report it as such (the searcher tells Optuna FAIL).
             tune.report({"rate": math.nan, "distortion": math.nan, "step": float(trainer.step), DONE_KEY: False,
@@ -63,13 +66,16 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         metrics[DONE_KEY] = trainer.step >= total
         if metrics[DONE_KEY] and sweep.eval.metrics:
             metrics.update(_disentanglement(trainer, sweep.eval.metrics, sweep.eval.preset, config.seed))
-        history.append({"step": trainer.step, "rate": metrics["rate"], "capacity": metrics.get("capacity")})
+        if not history or history[-1]["step"] != trainer.step:
+            history.append({"step": trainer.step, "rate": metrics["rate"], "capacity": metrics.get("capacity")})
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(Path(folder) / CHECKPOINT_FILE)
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
             if metrics[DONE_KEY]:
                 _write_trial_plots(trainer, metrics, history, Path(folder))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        if metrics[DONE_KEY]:
+            return
 
 
 def _disentanglement(trainer: Trainer, names: list[str], preset: str, seed: int) -> dict[str, Any]:
