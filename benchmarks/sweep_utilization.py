@@ -3,48 +3,57 @@
 
 One process, one run, two phases on the same machine:
 
-1. **sweep** — ``sweeps.runner.run_sweep`` as ``bvae sweep run`` calls it: embedded local Ray on 127.0.0.1 with
-   ``num_cpus`` = the cores this process may use, a temporary sqlite MLflow store, a temporary storage folder,
-   telemetry off; ``--trials`` trials of dSprites 32 px, ``--arch`` mlp|burgess, latent 10, batch 64, lr 5e-4,
-   ``resources: {cpu: 1}`` (so one one-thread trial per core, actors reused), β searched by TPE on
-   ``log_uniform [0.25, 32]``, ``--evals`` evaluations (and checkpoints, and MLflow reports) per trial on
+1. **sweep** — ``sweeps.runner.run_sweep`` exactly as ``bvae sweep run`` calls it (all its callbacks: MLflow
+   tracking, the live frontier, progress; checkpoints; the trainable's final plots): embedded local Ray on
+   127.0.0.1 with ``num_cpus`` = the cores this process may use, a fresh temporary sqlite MLflow store, a temporary
+   storage folder, telemetry off; ``--trials`` trials of dSprites 32 px, ``--arch`` mlp|burgess, latent 10,
+   batch 64, lr 5e-4, ``resources: {cpu: 1}`` (one one-thread trial per core, actors reused), β searched by TPE on
+   ``log_uniform [0.25, 32]``, ``--evals`` evaluations (each with a checkpoint and an MLflow report) per trial on
    ``--n-eval`` held-out images.
 2. **plain** — the same trials (model, data, steps, batch, evaluations) one after another with the plain loop of
-   the core benchmark (``benchmarks/trainer_throughput.py``'s ``Plain``: a ``DataLoader`` over images pre-rendered
-   once, ``loss.item()`` every step, plain Adam; its rendering counts toward the plain wall time, once). It runs
-   with the thread count that a short paired probe (1 thread vs all cores, interleaved) finds faster right now
-   (``--plain-threads best``, the default): the baseline is the best one-after-another run this machine gives at
-   that moment, which keeps the ratio honest on a shared machine, where a multi-thread torch loop can collapse
-   when another process holds a core. ``--plain-threads N`` forces N.
+   the core benchmark, reused from ``benchmarks/trainer_throughput.py`` (its ``Plain``: a ``DataLoader`` over
+   images pre-rendered once, ``loss.item()`` every step, plain Adam, β = 1 — the same arithmetic for any β; the
+   rendering counts toward the plain wall time, once; a fresh model and optimizer per trial). It runs with the
+   thread count that a short paired probe (1 thread vs all cores, interleaved) finds faster at that moment
+   (``--plain-threads best``, the default), so the baseline is the best one-after-another run the machine gives
+   then: on a machine shared with other processes a multi-thread torch loop can collapse (10× slower) when another
+   process holds a core, and comparing against that would flatter the sweep. ``--plain-threads N`` forces N.
 
-How "training time" is measured (honestly, and without editing the sweep code): the benchmark replaces
-``sweeps.trainable.train_trial`` — the name ``run_sweep`` imports when it builds the trainable — with a wrapper
-(a closure defined here, pickled by value to the Ray workers) that, inside the worker and for the duration of one
-trial, wraps ``Trainer.fit``, ``Trainer.evaluate``, ``Trainer.save`` and the trainable's ``tune.report`` with
-timers, then calls the real ``train_trial``. ``fit`` time is the wall time spent inside ``Trainer.fit`` (training
-steps, their periodic host syncs for the train metrics); everything else a trial does (spec parsing, dataset
-tables, model build, evaluation, checkpoint write, and the time ``tune.report`` blocks until the driver — Tune's
-controller, the MLflow callback, the experiment-state snapshot — lets the trial continue) is *not* training. Each
-trial writes its timings (and wall-clock start/end, pid, images trained = steps × batch inside ``fit``, and the CPU
-time of the ``fit`` thread) to a JSON file in the temporary folder; the driver reads them after the sweep. The
-MLflow cost per report is the callback's own ``MLflowTracking.report_seconds`` (time inside MLflow calls per
-``on_trial_result``), read from the callback instance that Tune actually used: the benchmark wraps
-``MLflowTracking.on_trial_result`` in this process (callbacks run in the driver) to capture that instance.
-``init_ray`` and Tune's experiment-state snapshot (``TuneController.checkpoint``) are timed the same way.
+How "training time" is measured, without editing the sweep code: ``run_sweep`` imports
+``sweeps.trainable.train_trial`` when it is called, so the benchmark puts a wrapper under that name (a closure
+defined here, shipped to the Ray workers by value with cloudpickle). Inside the worker, for the duration of one
+trial, the wrapper times every ``Trainer`` method a trial calls (``__init__``, ``fit``, ``evaluate``, ``save``,
+``load_state_dict``), every function of ``sweeps.trainable`` (the dataset cache, the final plots, the
+disentanglement metrics — found by introspection), ``parse_spec``, and ``tune.report`` (through a stand-in for the
+trainable's ``tune`` module); then it calls the real ``train_trial`` and undoes everything. Training time is the
+wall time inside ``Trainer.fit`` (the steps and their periodic host syncs for the train metrics); everything else —
+spec parsing, dataset tables, model build, evaluation, checkpoint write, plots, and the time ``tune.report`` blocks
+until the driver (Tune's controller, the callbacks, the experiment-state snapshot) lets the trial continue — is not.
+Each trial writes its figures (wall-clock start/end, worker pid and process start, images = steps × batch trained
+inside ``fit``, CPU time of the ``fit`` thread) to a JSON file in the temporary folder before every report and at
+its end; the driver reads them after the sweep. In the driver (where Tune's callbacks run) the benchmark times
+``init_ray``, Tune's experiment-state snapshot (``TuneController.checkpoint``) and every callback hook of every
+callback separately (``CallbackList`` patched to call Tune's own code one callback at a time), which also captures
+the ``MLflowTracking`` instance Tune used: the MLflow cost per report is its own ``report_seconds`` (time inside
+MLflow calls per ``on_trial_result``).
 
-Figures (targets: utilisation ≥ 85 %, sweep throughput ≥ 1.3× one-after-another; verdicts printed, exit status 0):
+Figures (targets: utilisation ≥ 85 %, sweep throughput ≥ 1.3× one after another; PASS/FAIL printed, exit status 0):
 
-* utilisation = Σ (trial time inside ``Trainer.fit`` × cpus per trial) / (``run_sweep`` wall time × cores), with
-  the wall time of the whole call (Ray start included), and also without the Ray start;
-* MLflow time per ``on_trial_result``: mean and p95, ms;
-* sweep training images/s = Σ images trained / ``run_sweep`` wall time, against Σ images / wall time of the plain
-  one-after-another run, and their ratio;
-* where the rest of the core-seconds went: Ray start, first-trial start (actor spawn + imports), gaps between
-  trials on a reused actor, trial setup, evaluation, checkpoint write, blocked in ``tune.report``, the tail where a
-  core has no trial left; plus the driver's own CPU time and the load average (a shared machine is noisy).
+1. utilisation = Σ (trial time inside ``Trainer.fit`` × cpus per trial) / (``run_sweep`` wall time × cores), the wall
+   time of the whole call (Ray start included), and also without the Ray start;
+2. MLflow time per ``on_trial_result``: mean and p95, ms;
+3. sweep training images/s = Σ images trained / ``run_sweep`` wall time, against Σ images / wall time of the plain
+   one-after-another run, and their ratio;
+
+and where the other core-seconds went: Ray start; Ray up → the first worker process (the driver's callback setup:
+MLflow parent run — a fresh store creates its tables —, the live frontier's reference point); worker start → first
+trial (imports); gaps between trials on a reused actor; each timed part inside the trials; the tail where a core
+has no trial left. Also: the driver's CPU time, the load average, the share of the machine busy (any process), and
+the share of a core the training threads actually got (a shared machine is noisy: compare only runs with similar
+load, and read the WARNING).
 
     python benchmarks/sweep_utilization.py [--trials 8] [--steps N] [--arch mlp|burgess] [--evals 3]
-                                           [--n-eval 5000] [--plain-threads best|N] [--json]
+                                           [--n-eval 5000] [--plain-threads best|N] [--warm-store] [--json]
 """
 
 from __future__ import annotations
@@ -77,7 +86,10 @@ import trainer_throughput as core  # noqa: E402  (the plain loop)
 
 TARGET_UTILISATION = 0.85
 TARGET_SPEEDUP = 1.30
-DEFAULT_STEPS = {"mlp": 2000, "burgess": 600}  # ~20–40 s per trial, two at a time on 2 idle cores
+# ~1 minute per trial, two at a time on 2 quiet cores. A sweep pays fixed seconds (Ray start ~6 s, each worker's
+# imports ~4 s, the last trial's tail) that a short trial cannot amortise: at the quickstart's 3000 mlp steps (~21 s a
+# trial) this machine measured 76.5 % utilisation and 1.12×, at 10,000 steps 91.4 % and 1.44× (README, "Benchmarks").
+DEFAULT_STEPS = {"mlp": 10_000, "burgess": 2_500}
 RESOLUTION, HIDDEN = 32, 256
 BETA_RANGE = [0.25, 32.0]
 

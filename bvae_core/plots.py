@@ -19,17 +19,26 @@ from .objectives import Likelihood  # noqa: E402
 
 def _image_grid(images: torch.Tensor, rows: int, cols: int, row_labels: list[str] | None = None,
                 title: str = "") -> Figure:  # fmt: skip
-    """``images [rows*cols, C, H, W]`` in [0, 1] as a grid."""
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + (0.8 if row_labels else 0), rows * 0.9), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        img = images[i].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        ax.set_xticks([]), ax.set_yticks([])
-    if row_labels:
-        for r, label in enumerate(row_labels):
-            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    """``images [rows*cols, C, H, W]`` in [0, 1] as a grid: one mosaic drawn by a single ``imshow`` (one axes per
+    image costs ~1 s for a 10×9 traversal grid; the mosaic ~0.1 s)."""
+    images = images[: rows * cols].detach().float().clamp(0, 1).cpu()
+    channels, height, width = images.shape[1:]
+    pad = max(1, height // 16)
+    mosaic = torch.ones(channels, rows * (height + pad) - pad, cols * (width + pad) - pad)
+    for i in range(rows * cols):
+        r, c = divmod(i, cols)
+        mosaic[:, r * (height + pad) : r * (height + pad) + height, c * (width + pad) : c * (width + pad) + width] = images[i]
+    picture = mosaic[0].numpy() if channels == 1 else mosaic.permute(1, 2, 0).numpy()
+    fig, ax = plt.subplots(figsize=(cols * 0.9 + (0.8 if row_labels else 0), rows * 0.9 + (0.3 if title else 0)))
+    ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (height + pad) + height / 2 for r in range(rows)] if row_labels else [],
+                  row_labels or [], fontsize=8)  # fmt: skip
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     if title:
-        fig.suptitle(title, fontsize=9)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 

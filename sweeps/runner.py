@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,26 +107,32 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
-    init_ray(spec)
+    tracking = MLflowTracking(uri, spec.experiment, spec.name, sweep_key(spec), spec.raw)
+    live = LiveFrontier(tracking.tracking_uri, spec.raw, sweep_key(spec))
+    exists = tune.Tuner.can_restore(path)
+    if resume and not exists:
+        raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")
+    if not resume and exists:
+        raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
+                        f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
+    with ThreadPoolExecutor(1) as pool:
+        # The driver's own setup (the tracking store — a fresh one creates its tables —, the parent run, the
+        # frontier's reference point) runs while Ray starts: seconds before the first trial, on every sweep.
+        prepared = None if resume else pool.submit(_prepare_callbacks, tracking, live)
+        init_ray(spec)
+        if prepared is not None:
+            prepared.result()  # a tracking store that cannot be used ends the sweep here, before any trial
     trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec.raw),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
-    exists = tune.Tuner.can_restore(path)
     searcher = None
     if resume:
-        if not exists:
-            raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if exists:
-            raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
-                            f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
         trials = spec.search.trials
         if spec.search.sampler == "grid":
             trials = min(trials, grid_size(spec))
         concurrency = default_concurrency(spec)
         searcher = build_searcher(spec, concurrency)
-        tracking = MLflowTracking(uri, spec.experiment, spec.name, sweep_key(spec), spec.raw)
-        live = LiveFrontier(tracking.tracking_uri, spec.raw, sweep_key(spec))
         progress = SweepProgress(trials, spec.base_config.train.steps)
         tuner = tune.Tuner(
             trainable,
@@ -151,6 +158,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
 
     parent = find_parent_run(MlflowClient(uri), spec.experiment, sweep_key(spec))
     return SweepOutcome(path, uri, parent.info.run_id if parent else None, _rows_from_results(results), study)
+
+
+def _prepare_callbacks(tracking, live) -> None:
+    tracking.setup()
+    live.setup()
 
 
 def ui_command(tracking_uri: str) -> str:

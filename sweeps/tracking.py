@@ -481,8 +481,11 @@ class MLflowTracking(Callback):
     def setup(self, **info: Any) -> None:
         """Get or create the experiment and the parent run; a found parent is set RUNNING again.
 
-        Raises `TrackingError` naming the URI when the tracking store cannot be used.
+        Raises `TrackingError` naming the URI when the tracking store cannot be used. Idempotent: the runner calls
+        it while Ray starts (a fresh store creates its tables: seconds), Tune calls it again.
         """
+        if self.parent_run_id is not None and not self._closed:
+            return
         _check_reachable(self.tracking_uri)
         try:
             self.experiment_id = self._get_or_create_experiment()

@@ -14,7 +14,7 @@ import yaml
 from mlflow import MlflowClient
 
 from sweeps.runner import run_sweep
-from sweeps.spec import parse_spec
+from sweeps.spec import SpecError, parse_spec
 from sweeps.tracking import child_runs, find_parent_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,19 @@ def test_four_trials_give_four_child_runs_and_a_four_trial_study(local_ray, tmp_
     assert states == [optuna.trial.TrialState.COMPLETE] * 4
     assert all(len(t.values) == 2 for t in outcome.study.trials)
     assert {r.status for r in outcome.rows} == {"COMPLETED"}
+
+    # The same sweep again: refused before anything starts, the finished sweep's runs untouched.
+    with pytest.raises(SpecError, match="already exists.*bvae sweep resume"):
+        run_sweep(parse_spec(data))
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert len(child_runs(client, parent.info.run_id)) == 4
+
+
+def test_resume_of_a_sweep_that_never_ran_is_refused_before_anything_starts(tmp_path):
+    data = make_spec(tmp_path, "never", {"trials": 2, "space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}})
+    with pytest.raises(SpecError, match="no sweep 'never' to resume"):
+        run_sweep(parse_spec(data), resume=True)
+    assert not (tmp_path / "mlflow.db").exists()  # no tracking store created
 
 
 def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path):
