@@ -3,6 +3,7 @@ the KL of each latent dimension. Each function returns a matplotlib Figure; :fun
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from .data.base import Dataset  # noqa: E402
 from .models import VAE  # noqa: E402
@@ -116,6 +118,23 @@ def staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[floa
 
 
 _MARKERS = {"constant": "o", "linear_capacity": "s", "warmup": "^", "free_bits": "D"}
+_SCHEDULE_LABELS = {"constant": "β-VAE (constant β)", "linear_capacity": "controlled capacity (C ramp)",
+                    "warmup": "KL warm-up", "free_bits": "free bits"}  # fmt: skip
+
+
+def _spaced(labelled: list[dict], points: list[dict], min_gap: float = 0.06) -> list[dict]:
+    """The points of ``labelled`` (sorted by rate) whose labels do not crowd an already kept one: a greedy pass that
+    keeps a point only if it lies ``min_gap`` (a fraction of the plotted ranges) from every kept point."""
+    if not labelled:
+        return []
+    span_r = (max(p["rate"] for p in points) - min(p["rate"] for p in points)) or 1.0
+    span_d = (max(p["distortion"] for p in points) - min(p["distortion"] for p in points)) or 1.0
+    kept: list[dict] = []
+    for p in labelled:
+        if all(math.hypot((p["rate"] - q["rate"]) / span_r, (p["distortion"] - q["distortion"]) / span_d) >= min_gap
+               for q in kept):  # fmt: skip
+            kept.append(p)
+    return kept
 
 
 def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound: tuple[list[float], list[float]] | None = None,
@@ -134,34 +153,39 @@ def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound:
     norm = (LogNorm if color_by == "beta" and positive else Normalize)(
         vmin=min(known) if known else 1, vmax=max(known) if known else 1)  # fmt: skip
     cmap = plt.get_cmap("viridis")
+    handles = []
     for kind in sorted({p.get("schedule") or "?" for p in points}):
         group = [p for p in points if (p.get("schedule") or "?") == kind]
         colors = [cmap(norm(p[color_by])) if p.get(color_by) is not None else (0.6, 0.6, 0.6, 1) for p in group]
+        marker = _MARKERS.get(kind, "P")
         ax.scatter([p["rate"] for p in group], [p["distortion"] for p in group], c=colors,
-                   marker=_MARKERS.get(kind, "P"), s=46, edgecolors="black", linewidths=0.4, label=kind, zorder=3)  # fmt: skip
+                   marker=marker, s=46, edgecolors="black", linewidths=0.4, zorder=3)  # fmt: skip
+        # the legend tells the schedules apart by marker only (the colour belongs to the colour bar)
+        handles.append(Line2D([], [], ls="", marker=marker, markersize=7, markerfacecolor="white",
+                              markeredgecolor="black", label=_SCHEDULE_LABELS.get(kind, kind)))  # fmt: skip
     front = sorted((p for p in points if p.get("on_frontier")), key=lambda p: p["rate"])
     if front:
         xs, ys = staircase([(p["rate"], p["distortion"]) for p in front])
-        ax.plot(xs, ys, color="crimson", lw=1.4, zorder=2, label="frontier")
-        for p in front:
-            if p.get("beta") is not None:
-                ax.annotate(f"β={p['beta']:.3g}", (p["rate"], p["distortion"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)  # fmt: skip
+        (line,) = ax.plot(xs, ys, color="crimson", lw=1.4, zorder=2, label="frontier")
+        handles.append(line)
+        for p in _spaced([p for p in front if p.get("beta") is not None], points):
+            ax.annotate(f"β={p['beta']:.3g}", (p["rate"], p["distortion"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)  # fmt: skip
     if bound is not None:
         # the bound over the rates the points span (and a little more), so the points are not squeezed into a corner
         top = 1.5 * max((p["rate"] for p in points), default=1.0) + 0.5
         keep = [(r, d) for r, d in zip(*bound) if r <= top]
-        ax.plot([r for r, _ in keep], [d for _, d in keep], color="black", ls="--", lw=1, label="Shannon R(D)", zorder=1)
+        handles += ax.plot([r for r, _ in keep], [d for _, d in keep], color="black", ls="--", lw=1, label="Shannon R(D)", zorder=1)
     if entropy is not None and points:
         top = max(p["rate"] for p in points) * 1.05 + 1e-9
         r = [0.0, min(entropy, top)]
-        ax.plot(r, [entropy - v for v in r], color="gray", ls=":", lw=1, label=f"D = H − R (H = {entropy:.2f} nats)")
+        handles += ax.plot(r, [entropy - v for v in r], color="gray", ls=":", lw=1, label=f"D = H − R (H = {entropy:.2f} nats)")
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label=("log-scaled " if isinstance(norm, LogNorm) else "") + color_by)
     ax.set_xlabel("rate (nats per example)")
     ax.set_ylabel("distortion (nats per example)")
     ax.set_title(title or "rate-distortion plane", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
