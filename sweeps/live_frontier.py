@@ -123,9 +123,9 @@ class LiveFrontier(Callback):
             parent = find_parent_run(self.client, spec.experiment, self.sweep_key)
             if parent is None:
                 return False
-            self._spec = spec
-            self._ref = SweepRef(spec.name, parent.info.run_id, parent.info.experiment_id)
-            self._reference = reference_point(spec, self.client, parent.info.run_id)
+            reference = reference_point(spec, self.client, parent.info.run_id)
+            self._spec, self._reference = spec, reference
+            self._ref = SweepRef(spec.name, parent.info.run_id, parent.info.experiment_id)  # set last: ready
         return True
 
     def update(self) -> None:

@@ -67,6 +67,17 @@ def init_ray(spec: SweepSpec) -> None:
         ray.init(address=spec.ray.address, log_to_driver=False, logging_level="WARNING")
 
 
+def check_data(spec: SweepSpec) -> None:
+    """Read the user's data file once in the driver, so that a missing or malformed file stops the sweep with one
+    line (``DataFileError``, naming the file) before Ray, the tracking store or any trial starts. Generated datasets
+    need no check: their config was validated."""
+    config = spec.base_config
+    if config.dataset.name == "file":
+        from bvae_core.data import make_dataset
+
+        make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
+
+
 def default_concurrency(spec: SweepSpec) -> int:
     """Trials at once: ``search.concurrency``, else as many as the cluster's CPUs/GPUs fit (one-thread trials packed
     one per core), never more than the number of trials."""
@@ -115,6 +126,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
+    check_data(spec)
     with ThreadPoolExecutor(1) as pool:
         # The driver's own setup (the tracking store — a fresh one creates its tables —, the parent run, the
         # frontier's reference point) runs while Ray starts: seconds before the first trial, on every sweep.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -261,6 +262,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     """Validate a sweep spec mapping; raise :class:`SpecError` naming the field."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping with name, base and search, got {type(data).__name__}")
+    data = _absolute_data_path(data)
     try:
         model = _SpecModel.model_validate(data)
     except ValidationError as e:
@@ -290,6 +292,21 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
                      resources=model.resources, tracking=model.tracking, storage=model.storage, ray=model.ray,
                      frontier=model.frontier, eval=model.eval, raw=data)  # fmt: skip
+
+
+def _absolute_data_path(data: dict) -> dict:
+    """A relative local ``base.dataset.path`` made absolute against the working directory of the command: trials
+    run in other processes and directories, and a resumed sweep must read the same file."""
+    dataset = data.get("base", {}).get("dataset") if isinstance(data.get("base"), dict) else None
+    path = dataset.get("path") if isinstance(dataset, dict) else None
+    if not isinstance(path, str) or not path or "://" in path:
+        return data
+    full = os.path.abspath(os.path.expanduser(path))
+    if full == path:
+        return data
+    data = copy.deepcopy(data)
+    data["base"]["dataset"]["path"] = full
+    return data
 
 
 _FACTOR_DATASETS = ("dsprites", "blobs")

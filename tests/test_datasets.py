@@ -104,7 +104,8 @@ def test_parquet_list_column_with_shape(tmp_path):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda p: p / "missing.npz", "cannot read"),
+    (lambda p: p / "missing.npz", "no such file: .*missing.npz$"),
+    (lambda p: (p / "junk.npz").write_text("junk") and p / "junk.npz", "junk.npz is not a .npz file"),
     (lambda p: (p / "x.txt").write_text("hi") and p / "x.txt", "expected a .npz or .parquet"),
     (lambda p: np.savez(p / "k.npz", other=np.zeros((3, 2))) or p / "k.npz", "no image array"),
     (lambda p: (p / "bad.parquet").write_bytes(b"not parquet") and p / "bad.parquet", "not a readable Parquet"),

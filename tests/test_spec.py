@@ -139,3 +139,14 @@ def test_trial_state_rules():
     assert trial_state({"rate": 1.0}, objectives, False)[0] == S.FAIL
     assert trial_state({"rate": 1.0, "distortion": 2.0, "done_training": True}, objectives, True)[0] == S.FAIL
     assert trial_state(None, objectives, False)[0] == S.FAIL
+
+
+def test_relative_data_path_is_made_absolute_for_the_trials(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = spec_with(lambda d: d["base"].update({"dataset": {"name": "file", "path": "data/x.npz"}}))
+    spec = parse_spec(data)
+    assert spec.raw["base"]["dataset"]["path"] == str(tmp_path / "data" / "x.npz")
+    assert spec.base_config.dataset.path == str(tmp_path / "data" / "x.npz")
+    assert data["base"]["dataset"]["path"] == "data/x.npz"  # the caller's mapping is left alone
+    remote = spec_with(lambda d: d["base"].update({"dataset": {"name": "file", "path": "s3://bucket/x.npz"}}))
+    assert parse_spec(remote).base_config.dataset.path == "s3://bucket/x.npz"

@@ -13,6 +13,7 @@ import ray
 import yaml
 from mlflow import MlflowClient
 
+from bvae_core.data.files import DataFileError
 from sweeps.runner import run_sweep
 from sweeps.spec import SpecError, parse_spec
 from sweeps.tracking import child_runs, find_parent_run
@@ -69,6 +70,15 @@ def test_four_trials_give_four_child_runs_and_a_four_trial_study(local_ray, tmp_
         run_sweep(parse_spec(data))
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert len(child_runs(client, parent.info.run_id)) == 4
+
+
+def test_a_missing_data_file_stops_the_sweep_before_anything_starts(tmp_path):
+    base = {**GAUSSIAN_BASE, "dataset": {"name": "file", "path": str(tmp_path / "absent.npz")},
+            "model": {"arch": "mlp", "latent_dim": 2}}  # fmt: skip
+    data = make_spec(tmp_path, "nodata", {"trials": 2, "space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}}, base)
+    with pytest.raises(DataFileError, match="no such file: .*absent.npz"):
+        run_sweep(parse_spec(data))
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
 def test_resume_of_a_sweep_that_never_ran_is_refused_before_anything_starts(tmp_path):

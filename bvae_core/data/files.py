@@ -38,13 +38,22 @@ def _open_bytes(path: str) -> bytes:
         fs, inner = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
         with fs.open_input_file(inner) as f:
             return f.read()
-    except (FileNotFoundError, OSError) as e:
+    except FileNotFoundError:
+        raise DataFileError(f"dataset.path: no such file: {path}") from None
+    except OSError as e:
+        if "No such file" in str(e) or "does not exist" in str(e):  # pyarrow's remote file systems say it this way
+            raise DataFileError(f"dataset.path: no such file: {path}") from None
         raise DataFileError(f"dataset.path: cannot read {path}: {e}") from None
 
 
 def _load_npz(path: str, image_key: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     try:
-        npz = np.load(io.BytesIO(_open_bytes(path)), allow_pickle=False)
+        raw = _open_bytes(path)
+        if not raw.startswith(b"PK"):
+            raise DataFileError(f"dataset.path: {path} is not a .npz file (not a zip archive of arrays)")
+        npz = np.load(io.BytesIO(raw), allow_pickle=False)
+    except DataFileError:
+        raise
     except ValueError as e:
         raise DataFileError(f"dataset.path: {path} is not a readable .npz file ({e})") from None
     keys = [image_key] if image_key in npz.files else [k for k in _IMAGE_KEYS if k in npz.files]
