@@ -1,4 +1,4 @@
-"""The train config: typed, validated once, every error naming its field (DESIGN §3 "Train config").
+"""The train config: typed, validated once, every error naming its field (docs/contracts.md, "Train config").
 
 A config is plain YAML/dict data; :func:`parse_config` turns it into a :class:`TrainConfig` or raises
 :class:`ConfigError` with one line such as ``objective.beta: expected a number > 0, got -1``.
@@ -6,8 +6,10 @@ A config is plain YAML/dict data; :func:`parse_config` turns it into a :class:`T
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -89,12 +91,14 @@ class ConstantSchedule(_Strict):
     """Plain β-VAE (Higgins et al. 2017): loss = distortion + β·KL."""
 
     kind: Literal["constant"]
+    uses_beta: ClassVar[bool] = True  # objective.beta weighs the KL
 
 
 class LinearCapacitySchedule(_Strict):
     """Burgess et al. 2018 eq. (2): loss = distortion + γ·|KL − C(t)|, C ramped linearly from 0 to c_max."""
 
     kind: Literal["linear_capacity"]
+    uses_beta: ClassVar[bool] = False  # γ weighs |KL − C|: objective.beta is not used
     c_max: Annotated[float, Field(ge=0)] = 25.0  # Burgess et al. 2018, §A.2: 25 nats for dSprites
     ramp_steps: PositiveInt = 100_000  # Burgess et al. 2018, §A.2: over 100,000 iterations
     gamma: PositiveFloat = 1000.0  # Burgess et al. 2018, §A.2: γ = 1000
@@ -104,6 +108,7 @@ class WarmupSchedule(_Strict):
     """KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): β(t) ramps linearly from beta_start to β."""
 
     kind: Literal["warmup"]
+    uses_beta: ClassVar[bool] = True
     warmup_steps: PositiveInt = 10_000
     beta_start: Annotated[float, Field(ge=0)] = 0.0
 
@@ -112,6 +117,7 @@ class FreeBitsSchedule(_Strict):
     """Free bits (Kingma et al. 2016, eq. 15): each latent's batch-mean KL below `free_bits` nats is not penalised."""
 
     kind: Literal["free_bits"]
+    uses_beta: ClassVar[bool] = True
     free_bits: Annotated[float, Field(ge=0)] = 0.5
 
 
@@ -123,6 +129,10 @@ Schedule = Annotated[
 class ObjectiveConfig(_Strict):
     beta: PositiveFloat = 1.0
     schedule: Schedule = ConstantSchedule(kind="constant")
+
+    def ignored_paths(self) -> tuple[str, ...]:
+        """Dotted config paths this objective does not use (so they are neither shown nor logged as if it did)."""
+        return () if self.schedule.uses_beta else ("objective.beta",)
 
 
 # ---------------------------------------------------------------- training
@@ -157,11 +167,64 @@ class TrainConfig(_Strict):
         return self
 
 
-def _describe(err: dict[str, Any]) -> str:
+def objective_settings(config: TrainConfig) -> dict[str, Any]:
+    """What a run's objective actually uses, flat: ``beta`` (only where β weighs the KL), ``schedule`` (its kind)
+    and the schedule's own fields (``c_max``, ``gamma``, ``ramp_steps``, ``warmup_steps``, …), with ``latent_dim``,
+    ``arch``, ``dataset`` and ``seed``. A new schedule kind needs no change here: its fields come from its config."""
+    schedule = config.objective.schedule
+    settings: dict[str, Any] = {"beta": config.objective.beta} if schedule.uses_beta else {}
+    settings.update({"schedule": schedule.kind, **schedule.model_dump(exclude={"kind"})})
+    settings.update({"latent_dim": config.model.latent_dim, "arch": config.model.arch, "dataset": config.dataset.name,
+                     "seed": config.seed})  # fmt: skip
+    return settings
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Annotated, Optional and unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _tag_values(model: type[BaseModel]) -> tuple:
+    """The literal values of a model's discriminator field (``kind`` or ``name``), if it has one."""
+    field = model.model_fields.get("kind") or model.model_fields.get("name")
+    return typing.get_args(field.annotation) if field is not None else ()
+
+
+def known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the model accepts at ``loc`` (a pydantic error location, tags of discriminated unions included)."""
+    candidates: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        tagged = [m for m in candidates if part in _tag_values(m)]
+        if tagged:  # a discriminated union's tag: narrow to its member
+            candidates = tagged
+            continue
+        fields = [m.model_fields[part] for m in candidates if part in m.model_fields]
+        candidates = [sub for f in fields for sub in _models_in(f.annotation)]
+        if not candidates:
+            return []
+    return sorted({key for m in candidates for key in m.model_fields})
+
+
+def _did_you_mean(model: type[BaseModel] | None, loc: tuple) -> str:
+    """``; did you mean 'beta'?`` for a mistyped key, else the keys that are accepted there."""
+    if model is None or not loc:
+        return ""
+    keys = known_keys(model, tuple(loc[:-1]))
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; expected one of {', '.join(keys)}" if keys else ""
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key (not part of the config)"
+        return f"{loc}: unknown key (not part of the config){_did_you_mean(model, err['loc'])}"
     if kind == "missing":
         return f"{loc}: required field is missing"
     if kind == "union_tag_invalid":
@@ -189,7 +252,7 @@ def parse_config(data: Any) -> TrainConfig:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
         errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")  # a typo explains the rest
-        raise ConfigError(_describe(errors[0])) from None
+        raise ConfigError(_describe(errors[0], TrainConfig)) from None
 
 
 def load_config_file(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:

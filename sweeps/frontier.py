@@ -1,12 +1,10 @@
 """The empirical rate-distortion frontier of a sweep: collected from the tracking store (so it works from any machine
 that reaches the tracking server), Pareto ranks, 2-D hypervolume against a reference point fixed per sweep, and the
-frontier table (DESIGN §3) as Parquet."""
+frontier table (docs/contracts.md) as Parquet."""
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +12,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .tracking import TAG_PARENT, TAG_STATUS, TAG_SWEEP, TAG_TRIAL_ID, child_runs
+from .store import TABLE_METRICS, TAG_CONFIG, TAG_ON_FRONTIER, TAG_STATUS, TAG_TRIAL_ID, SweepNotFound, SweepRef, child_runs
+from .store import find_sweep  # noqa: F401 - the CLI and tests find sweeps here too
 
 #: Default reference rate for the hypervolume when the spec gives none: 50 nats, the largest capacity Burgess et al.
 #: 2018 (§A.2) train to. It does not move with the results, so hypervolumes of one sweep compare over time.
 DEFAULT_REFERENCE_RATE = 50.0
 
-#: Frontier table columns (DESIGN §3), in order; optional metric columns follow when present.
+#: Frontier table columns (docs/contracts.md), in order; optional metric columns follow when present.
 COLUMNS = ["sweep", "trial_id", "run_id", "beta", "latent_dim", "schedule", "c_max", "gamma", "seed", "rate",
            "distortion", "nelbo", "active_units", "on_frontier", "pareto_rank", "checkpoint_uri"]  # fmt: skip
-OPTIONAL_METRICS = ["sse", "mig", "sap", "dci/disentanglement", "dci/completeness", "dci/informativeness",
-                    "factorvae_score", "betavae_score"]  # fmt: skip
-TAG_ON_FRONTIER = "bvae.on_frontier"
-TAG_CONFIG = "bvae.config."  # + beta, latent_dim, schedule, c_max, gamma, seed: the resolved train config
+OPTIONAL_METRICS = list(TABLE_METRICS)
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 
 
-class FrontierError(ValueError):
+class FrontierError(SweepNotFound):
     """The sweep or its points cannot be found; the message says what was looked for."""
 
 
@@ -74,42 +70,6 @@ def hypervolume_2d(points: np.ndarray, reference: tuple[float, float]) -> float:
 
 
 # ---------------------------------------------------------------- the table
-@dataclass(frozen=True)
-class SweepRef:
-    """Where a sweep's runs are: the parent run and its experiment."""
-
-    name: str
-    parent_run_id: str
-    experiment_id: str
-
-
-def find_sweep(client, sweep: str, experiment: str | None = None) -> SweepRef:
-    """A sweep by parent run id, or by name (the ``bvae.sweep`` tag of parent runs; the latest if several)."""
-    if re.fullmatch(r"[0-9a-f]{32}", sweep):
-        try:
-            run = client.get_run(sweep)
-        except Exception:  # noqa: BLE001 - MLflow raises its own error types for a missing run
-            run = None
-        if run is not None and TAG_SWEEP in run.data.tags:
-            return SweepRef(run.data.tags[TAG_SWEEP], run.info.run_id, run.info.experiment_id)
-    if experiment is not None:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise FrontierError(f"--experiment: no MLflow experiment {experiment!r} in {client.tracking_uri}")
-        experiment_ids = [found.experiment_id]
-    else:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    if "'" in sweep:
-        raise FrontierError(f"SWEEP: a sweep name cannot contain a quote, got {sweep!r}")
-    runs = client.search_runs(experiment_ids, filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}'", max_results=1000)
-    parents = [r for r in runs if TAG_PARENT not in r.data.tags]
-    if not parents:
-        raise FrontierError(f"SWEEP: no sweep named {sweep!r} (a parent run tagged {TAG_SWEEP}) in "
-                            f"{client.tracking_uri}; give the sweep name, its spec file or its parent run id")  # fmt: skip
-    latest = max(parents, key=lambda r: r.info.start_time or 0)
-    return SweepRef(sweep, latest.info.run_id, latest.info.experiment_id)
-
-
 def _float(value: Any) -> float | None:
     try:
         number = float(value)
@@ -176,7 +136,7 @@ def frontier_rows(client, ref: SweepRef) -> list[dict[str, Any]]:
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """The frontier table (DESIGN §3 columns, then any optional metrics present, then ``status``)."""
+    """The frontier table (docs/contracts.md columns, then any optional metrics present, then ``status``)."""
     optional = [n.replace("/", "_") for n in OPTIONAL_METRICS if any(n.replace("/", "_") in r for r in rows)]
     types = {"sweep": pa.string(), "trial_id": pa.string(), "run_id": pa.string(), "beta": pa.float64(),
              "latent_dim": pa.int64(), "schedule": pa.string(), "c_max": pa.float64(), "gamma": pa.float64(),

@@ -7,7 +7,6 @@ that finished before it."""
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ray.tune import Callback
 from .frontier import DEFAULT_REFERENCE_RATE, TAG_ON_FRONTIER, SweepRef, collect_rows, hypervolume_2d, rank_rows, write_parquet
 from .frontier_plots import html_page, png_bytes, reference_curves
 from .spec import parse_spec
-from .tracking import find_parent_run
+from .store import find_parent_run
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,19 @@
-"""What a user watches during a sweep: one line per evaluation and per finished trial, and a summary table."""
+"""What a user watches during a sweep: one line per evaluation and per finished trial — with the sweep's count of
+trials done, running and pending and an ETA — and a summary table at the end."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from .search import DONE_KEY
+from .outcome import trial_outcome
+from .tables import format_table
 
 
 def _short(value: Any) -> str:
@@ -30,24 +33,28 @@ class TrialRow:
 
 
 def trial_status(result: dict[str, Any] | None, error: bool = False) -> str:
-    """COMPLETED, PRUNED (stopped early by the scheduler), FAILED (non-finite metric) or ERROR."""
-    if error:
-        return "ERROR"
-    if not result:
-        return "PRUNED"
-    rate, distortion = result.get("rate"), result.get("distortion")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (rate, distortion)):
-        return "FAILED"
-    return "COMPLETED" if result.get(DONE_KEY) else "PRUNED"
+    """COMPLETED, PRUNED, FAILED or ERROR: :func:`sweeps.outcome.trial_outcome`'s label."""
+    return trial_outcome(result, error=error).label
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class SweepProgress(Callback):
-    """Prints progress lines on stderr; keeps a row per trial for the summary."""
+    """Prints progress lines on stderr; keeps a row per trial for the summary.
 
-    def __init__(self, total_trials: int, total_steps: int, stream: TextIO | None = None):
+    ``show_params`` maps a trial's sampled parameters to those worth showing (by default all of them; the runner
+    drops what the trial's objective does not use)."""
+
+    def __init__(self, total_trials: int, total_steps: int, stream: TextIO | None = None,
+                 show_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None):  # fmt: skip
         self.total_trials, self.total_steps = total_trials, total_steps
         self.rows: dict[str, TrialRow] = {}
         self._stream = stream
+        self._show_params = show_params
         self._started = time.monotonic()
 
     def __getstate__(self) -> dict:  # pickled into Tune's experiment state: no stream
@@ -55,28 +62,71 @@ class SweepProgress(Callback):
         state["_stream"] = None
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._started = time.monotonic()  # a resumed driver measures its own pace
+
     @property
     def stream(self) -> TextIO:
         return self._stream or sys.stderr
+
+    def _params(self, config: dict[str, Any]) -> dict[str, Any]:
+        if self._show_params is None:
+            return dict(config)
+        try:
+            return self._show_params(dict(config))
+        except Exception:  # noqa: BLE001 - a display filter never stops a sweep; show everything instead
+            return dict(config)
+
+    def _row(self, trial) -> TrialRow:
+        row = self.rows.get(trial.trial_id)
+        if row is None:
+            row = self.rows[trial.trial_id] = TrialRow(trial.trial_id, self._params(trial.config))
+        return row
+
+    # -- the sweep's state --------------------------------------------------------------------------------------
+    def counts(self) -> tuple[int, int, int]:
+        """(done, running, pending) trials."""
+        done = sum(r.status != "RUNNING" for r in self.rows.values())
+        running = len(self.rows) - done
+        return done, running, max(0, self.total_trials - len(self.rows))
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the pace so far (training steps per second over all trials), or None before any step."""
+        elapsed = time.monotonic() - self._started
+        work = sum(self.total_steps if r.status != "RUNNING" else r.step for r in self.rows.values())
+        if work <= 0 or elapsed <= 0:
+            return None
+        left = self.total_trials * self.total_steps - work
+        return max(0.0, left) / (work / elapsed)
+
+    def _state(self) -> str:
+        done, running, pending = self.counts()
+        eta = self.eta_seconds()
+        return (f"{done}/{self.total_trials} done, {running} running, {pending} pending"
+                + (f", ETA {_duration(eta)}" if eta is not None and done < self.total_trials else ""))  # fmt: skip
 
     def _line(self, row: TrialRow) -> str:
         params = "  ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') == 1 else k.split('.', 1)[1]}={_short(v)}"
                            for k, v in row.params.items())  # fmt: skip
         elapsed = time.monotonic() - self._started
         return (f"[{elapsed:7.1f}s] trial {row.trial_id}  {params}  step {row.step}/{self.total_steps}  "
-                f"rate {row.rate:.3f}  distortion {row.distortion:.3f}  {row.status}")  # fmt: skip
+                f"rate {row.rate:.3f}  distortion {row.distortion:.3f}  {row.status}  | {self._state()}")  # fmt: skip
 
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    # -- Tune hooks ---------------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        row = self.rows.setdefault(trial.trial_id, TrialRow(trial.trial_id, dict(trial.config)))
+        row = self._row(trial)
         row.status = "RUNNING"
-        print(f"[{time.monotonic() - self._started:7.1f}s] trial {trial.trial_id} started "
-              f"({len(self.rows)}/{self.total_trials})", file=self.stream, flush=True)  # fmt: skip
+        self._print(f"[{time.monotonic() - self._started:7.1f}s] trial {trial.trial_id} started  | {self._state()}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        row = self.rows.setdefault(trial.trial_id, TrialRow(trial.trial_id, dict(trial.config)))
+        row = self._row(trial)
         row.step = int(result.get("step", 0))
         row.rate, row.distortion = result.get("rate", math.nan), result.get("distortion", math.nan)
-        print(self._line(row), file=self.stream, flush=True)
+        self._print(self._line(row))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, trial_status(trial.last_result))
@@ -85,9 +135,9 @@ class SweepProgress(Callback):
         self._finish(trial, "ERROR")
 
     def _finish(self, trial, status: str) -> None:
-        row = self.rows.setdefault(trial.trial_id, TrialRow(trial.trial_id, dict(trial.config)))
+        row = self._row(trial)
         row.status = status
-        print(self._line(row), file=self.stream, flush=True)
+        self._print(self._line(row))
 
 
 def summary_table(rows: list[TrialRow]) -> str:
@@ -99,10 +149,3 @@ def summary_table(rows: list[TrialRow]) -> str:
     body = [[r.trial_id, *(_short(r.params.get(k, "")) for k in keys), f"{r.rate:.3f}", f"{r.distortion:.3f}", r.status]
             for r in sorted(rows, key=lambda r: r.trial_id)]  # fmt: skip
     return format_table(header, body)
-
-
-def format_table(header: list[str], body: list[list]) -> str:
-    """Left-aligned plain-text columns with a rule under the header."""
-    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])

@@ -12,7 +12,7 @@ from typing import Any
 
 from .spec import SpecError, SweepSpec
 
-#: No calls home, and Ray kept on loopback (STACK.md "Keep every byte on this machine").
+#: No calls home, and Ray kept on loopback (docs/operations.md "Keep every byte on this machine").
 LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -61,6 +61,8 @@ def init_ray(spec: SweepSpec) -> None:
     if ray.is_initialized():
         return
     if spec.ray.address is None:
+        # Token authentication on, said explicitly: Ray's default does the same but prints a notice every sweep.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(num_cpus=spec.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=True, logging_level="WARNING", log_to_driver=False)  # fmt: skip
     else:
@@ -92,34 +94,60 @@ def default_concurrency(spec: SweepSpec) -> int:
     return max(1, min(fits, spec.search.trials))
 
 
-def _rows_from_results(results) -> list:
-    from .progress import TrialRow, trial_status
+def _rows_from_results(results, spec: SweepSpec) -> list:
+    from .outcome import trial_outcome
+    from .progress import TrialRow
 
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        row = TrialRow(str(metrics.get("trial_id", Path(result.path).name)), dict(result.config or {}))
+        row = TrialRow(str(metrics.get("trial_id", Path(result.path).name)), _shown_params(spec, result.config or {}))
         row.step = int(metrics.get("step", 0) or 0)
         row.rate, row.distortion = metrics.get("rate", math.nan), metrics.get("distortion", math.nan)
-        row.status = trial_status(metrics, error=result.error is not None)
+        row.status = trial_outcome(metrics, error=result.error is not None, objectives=spec.search.objectives).label
         rows.append(row)
     return rows
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = None) -> SweepOutcome:
-    """Run (or, with ``resume``, continue) the sweep; return when every trial has ended."""
-    from ray import tune
+def _shown_params(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
+    return spec.applied_params(dict(params))
+
+
+def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> list:
+    """The driver's Tune callbacks, in order (runs end before the frontier reads them): MLflow tracking, the live
+    frontier, the progress lines. Built afresh by ``resume`` too, so a resumed sweep logs where it is told to."""
+    from functools import partial
 
     from .live_frontier import LiveFrontier
     from .progress import SweepProgress
-    from .search import build_scheduler, build_searcher, grid_size, optuna_study
-    from .tracking import MLflowTracking, resolve_tracking_uri
+    from .tracking import MLflowTracking
+
+    return [MLflowTracking(tracking_uri, spec.experiment, spec.name, sweep_key(spec), spec.raw),
+            LiveFrontier(tracking_uri, spec.raw, sweep_key(spec)),
+            SweepProgress(total_trials, spec.base_config.train.steps, show_params=partial(_shown_params, spec))]  # fmt: skip
+
+
+def _planned_trials(spec: SweepSpec) -> int:
+    from .search import grid_size
+
+    trials = spec.search.trials
+    return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = None) -> SweepOutcome:
+    """Run (or, with ``resume``, continue) the sweep; return when every trial has ended.
+
+    If anything fails after the parent run exists (Ray does not start, the Tuner raises, Ctrl+C), the sweep's runs
+    are ended — KILLED for an interruption, FAILED otherwise — never left RUNNING; ``bvae sweep resume`` continues
+    them."""
+    from ray import tune
+
+    from .store import FAILED, KILLED, resolve_tracking_uri
+    from .search import build_scheduler, build_searcher, optuna_study
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
-    tracking = MLflowTracking(uri, spec.experiment, spec.name, sweep_key(spec), spec.raw)
-    live = LiveFrontier(tracking.tracking_uri, spec.raw, sweep_key(spec))
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
         raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")
@@ -127,49 +155,64 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
     check_data(spec)
-    with ThreadPoolExecutor(1) as pool:
-        # The driver's own setup (the tracking store — a fresh one creates its tables —, the parent run, the
-        # frontier's reference point) runs while Ray starts: seconds before the first trial, on every sweep.
-        prepared = None if resume else pool.submit(_prepare_callbacks, tracking, live)
-        init_ray(spec)
-        if prepared is not None:
-            prepared.result()  # a tracking store that cannot be used ends the sweep here, before any trial
-    trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec.raw),
-                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
-    searcher = None
-    if resume:
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        trials = spec.search.trials
-        if spec.search.sampler == "grid":
-            trials = min(trials, grid_size(spec))
-        concurrency = default_concurrency(spec)
-        searcher = build_searcher(spec, concurrency)
-        progress = SweepProgress(trials, spec.base_config.train.steps)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
-                                        num_samples=trials, reuse_actors=True,
-                                        trial_dirname_creator=lambda trial: trial.trial_id),  # fmt: skip
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=storage_root(spec),
-                callbacks=[tracking, live, progress],  # order matters: runs end before the frontier reads them
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-                verbose=0,
-            ),
-        )
-        print(f"sweep {spec.name}: {trials} trials, {concurrency} at a time, sampler {spec.search.sampler}; "
-              f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
-    results = tuner.fit()
+    trials = _planned_trials(spec)
+    callbacks = build_callbacks(spec, uri, trials)
+    tracking, live = callbacks[0], callbacks[1]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # The driver's own setup (the tracking store — a fresh one creates its tables —, the parent run, the
+            # frontier's reference point) runs while Ray starts: seconds before the first trial, on every sweep.
+            prepared = pool.submit(_prepare_callbacks, tracking, live)
+            try:
+                init_ray(spec)
+            finally:
+                prepared.result()  # a tracking store that cannot be used ends the sweep here, before any trial
+        trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec.raw),
+                                        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
+        searcher = None
+        if resume:
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            _replace_callbacks(tuner, callbacks)
+            print(f"sweep {spec.name}: resuming from {path}; tracking {uri}", file=sys.stderr, flush=True)
+        else:
+            concurrency = default_concurrency(spec)
+            searcher = build_searcher(spec, concurrency)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
+                                            num_samples=trials, reuse_actors=True,
+                                            trial_dirname_creator=lambda trial: trial.trial_id),  # fmt: skip
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=storage_root(spec),
+                    callbacks=callbacks,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+                    verbose=0,
+                ),
+            )
+            print(f"sweep {spec.name}: {trials} trials, {concurrency} at a time, sampler {spec.search.sampler}; "
+                  f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        tracking.close(KILLED)
+        raise
+    except BaseException:
+        tracking.close(FAILED)
+        raise
     study = optuna_study(searcher) if searcher is not None else None  # a restored searcher lives inside Tune
-    from mlflow import MlflowClient
+    return SweepOutcome(path, uri, tracking.parent_run_id, _rows_from_results(results, spec), study)
 
-    from .tracking import find_parent_run
 
-    parent = find_parent_run(MlflowClient(uri), spec.experiment, sweep_key(spec))
-    return SweepOutcome(path, uri, parent.info.run_id if parent else None, _rows_from_results(results), study)
+def _replace_callbacks(tuner, callbacks: list) -> None:
+    """``Tuner.restore`` unpickles the first run's callbacks (and so its tracking URI); use this driver's instead.
+    Ray has no public hook for it: this reaches into the restored run config and says so when Ray changes."""
+    try:
+        run_config = tuner._local_tuner.get_run_config()
+    except AttributeError as exc:  # pragma: no cover - a Ray upgrade moved it
+        raise RuntimeError(f"this Ray version's Tuner has no restored run config to update ({exc}); pin ray as in "
+                           f"requirements.txt") from exc  # fmt: skip
+    run_config.callbacks = callbacks
 
 
 def _prepare_callbacks(tracking, live) -> None:

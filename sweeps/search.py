@@ -17,25 +17,20 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from .outcome import trial_outcome
 from .space import DefineByRun, grid_values
 from .spec import SweepSpec
 
 logger = logging.getLogger(__name__)
 
-#: set by the trainable on the report after its last training step: the trial ran to the end.
-DONE_KEY = "done_training"
-
 
 def trial_state(result: dict[str, Any] | None, objectives: list[str], error: bool) -> tuple[optuna.trial.TrialState, list[float] | None]:
-    """The Optuna state and values a finished Tune trial should be told with."""
-    if error or not result:
-        return optuna.trial.TrialState.FAIL, None
-    values = [result.get(name) for name in objectives]
-    if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-        return optuna.trial.TrialState.FAIL, None
-    if not result.get(DONE_KEY):
-        return optuna.trial.TrialState.PRUNED, None
-    return optuna.trial.TrialState.COMPLETE, [float(v) for v in values]
+    """The Optuna state and values a finished Tune trial is told with (:func:`sweeps.outcome.trial_outcome`)."""
+    outcome = trial_outcome(result, error=error, objectives=objectives)
+    state = optuna.trial.TrialState[outcome.optuna_state]
+    if state != optuna.trial.TrialState.COMPLETE:
+        return state, None
+    return state, [float(result[name]) for name in objectives]
 
 
 class SweepSearch(OptunaSearch):

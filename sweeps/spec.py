@@ -1,5 +1,5 @@
 """The sweep spec: a train config (``base``) plus ``search``, ``resources``, ``tracking``, ``storage`` and ``ray``
-(DESIGN §3). Parsed and validated once, before anything starts; every error names its field (``SpecError``)."""
+(docs/contracts.md). Parsed and validated once, before anything starts; every error names its field (``SpecError``)."""
 
 from __future__ import annotations
 
@@ -223,6 +223,13 @@ class SweepSpec:
         """The train config of one trial: ``base`` with the sampled flat ``params`` applied."""
         return parse_config(apply_params(self.base, self.resolve(params), self.resources))
 
+    def applied_params(self, params: dict[str, Any], config: TrainConfig | None = None) -> dict[str, Any]:
+        """The sampled ``params`` less those the trial's objective does not use (a controlled-capacity trial has no
+        β): what is shown and logged for the trial."""
+        config = config or self.trial_config(params)
+        ignored = set(config.objective.ignored_paths())
+        return {k: v for k, v in params.items() if k not in ignored}
+
 
 def _fill(option: Any, prefix: str, params: dict[str, Any]) -> Any:
     if is_distribution(option):
@@ -267,7 +274,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
         model = _SpecModel.model_validate(data)
     except ValidationError as e:
         errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
-        raise SpecError(_describe(errors[0])) from None
+        raise SpecError(_describe(errors[0], _SpecModel)) from None
     try:
         base_config = parse_config(model.base)
     except ConfigError as e:

@@ -8,36 +8,57 @@ pids, ``config/*``) and makes no parent run. Here:
   or unpickled callback) continues the same parent run;
 - a child run is found again by the tags ``mlflow.parentRunId`` + ``bvae.trial_id``, so a resumed trial
   continues its own run;
-- only the contract metrics (DESIGN.md §3, "Units and metric names") are logged, one ``log_batch`` per result;
+- only the contract metrics (docs/contracts.md, "Units and metric names") are logged, one ``log_batch`` per result;
 - every run ends with an honest status: FINISHED / ``bvae.status=completed`` for a trial that trained to the end
   with finite rate and distortion, FAILED / ``failed`` for a non-finite or missing result, KILLED / ``pruned``
   for a trial a scheduler or a stopper ended early, FAILED / ``error`` for a trial that raised.
 
 Everything goes through one ``MlflowClient(tracking_uri)``; the global ``mlflow.set_tracking_uri`` state is never
-touched, and the tracking URI is made absolute up front (Tune workers run in trial folders, STACK.md).
+touched, and the tracking URI is made absolute up front (Tune workers run in trial folders, docs/operations.md).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
+import collections
 import json
 import logging
 import math
 import os
-import platform
 import re
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from ray.tune import Callback
+
+from bvae_core.config import objective_settings
+
+from .outcome import trial_outcome
+from .store import (
+    CONTRACT_METRICS,
+    FAILED,
+    FINISHED,
+    KILLED,
+    RUNNING,
+    TAG_CONFIG,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_RETRIES,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_SWEEP_KEY,
+    TAG_TRIAL_ID,
+    TrackingError,
+    check_reachable,
+    child_runs,
+    find_parent_run,
+    is_contract_metric,
+    local_sqlite_path,
+    provenance_tags,
+    resolve_tracking_uri,
+    search_by_tags,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -46,9 +67,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+#: The experiment tag MLflow 3's UI reads to choose its view: "custom_model_development" ("Machine learning": runs,
+#: charts, artifacts) rather than "genai_development" ("Evaluation runs", traces, the assistant panel).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
 __all__ = [
     "CONTRACT_METRICS",
-    "KL_METRIC",
     "MLflowTracking",
     "TrackingError",
     "child_runs",
@@ -57,196 +81,11 @@ __all__ = [
     "resolve_tracking_uri",
 ]
 
-#: The metric names a trial may log (DESIGN.md §3), besides ``kl/<int>`` (see `KL_METRIC`).
-CONTRACT_METRICS: tuple[str, ...] = (
-    "rate",
-    "distortion",
-    "nelbo",
-    "sse",
-    "active_units",
-    "capacity",
-    "beta",
-    "train/loss",
-    "train/rate",
-    "train/distortion",
-    "mig",
-    "sap",
-    "factorvae_score",
-    "betavae_score",
-    "dci/disentanglement",
-    "dci/completeness",
-    "dci/informativeness",
-)
-_CONTRACT_SET = frozenset(CONTRACT_METRICS)
-#: Per-dimension KL: ``kl/0``, ``kl/1``, …
-KL_METRIC = re.compile(r"^kl/\d+$")
-
-# Tag names.
-TAG_SWEEP = "bvae.sweep"
-TAG_SWEEP_KEY = "bvae.sweep_key"
-TAG_TRIAL_ID = "bvae.trial_id"
-TAG_STATUS = "bvae.status"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
-
-# MLflow run statuses (mlflow.entities.RunStatus names).
-RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-
 # log_batch limits of the MLflow REST API (1000 metrics, 100 params, 100 tags per request).
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
 # MLflow refuses longer param values.
 _MAX_PARAM_VALUE_LEN = 6000
-
-_VERSION_TAGS = {
-    "bvae.version.torch": "torch",
-    "bvae.version.ray": "ray",
-    "bvae.version.optuna": "optuna",
-    "bvae.version.mlflow": "mlflow",
-}
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used (unreachable server, deleted experiment, …)."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# URIs
-# --------------------------------------------------------------------------------------------------------------
-
-_SQLITE_EXTS = (".db", ".sqlite", ".sqlite3")
-_PASSTHROUGH_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql")
-
-
-def resolve_tracking_uri(uri: str | None, base_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return an absolute MLflow tracking URI.
-
-    - ``None`` → ``sqlite:///<absolute cwd>/mlflow.db`` (the CLI's default, DESIGN.md §3);
-    - a relative sqlite URI (``sqlite:///mlflow.db``, ``sqlite:///./runs/m.db``) → absolute against ``base_dir``
-      (default: the current directory); ``sqlite:////abs/m.db`` and in-memory sqlite are returned unchanged;
-    - a relative ``file:`` URI → an absolute ``file://`` URI;
-    - a bare path → ``sqlite:///`` for ``*.db``/``*.sqlite``/``*.sqlite3``, else an absolute ``file://`` URI
-      (MLflow 3 refuses the file store unless explicitly allowed);
-    - http(s)://, databricks, postgresql://, … → unchanged.
-    """
-    base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
-    if uri is None:
-        return f"sqlite:///{Path(os.getcwd()).resolve() / 'mlflow.db'}"
-    uri = str(uri).strip()
-    if not uri:
-        raise ValueError("tracking uri is empty; give a URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
-    if uri.lower() in _PASSTHROUGH_SCHEMES:  # "databricks", "databricks-uc": a profile, not a path
-        return uri
-    scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", uri) else ""
-
-    if scheme == "sqlite" or scheme.startswith("sqlite+"):
-        prefix, sep, rest = uri.partition(":///")
-        if not sep:  # "sqlite://" (in memory) or something odd: leave it to MLflow
-            return uri
-        path, qmark, query = rest.partition("?")
-        if path in ("", ":memory:") or path.startswith("/"):
-            return uri
-        absolute = (base / path).resolve()
-        return f"{prefix}:///{absolute}{qmark}{query}"
-
-    if scheme == "file":
-        parsed = urllib.parse.urlparse(uri)
-        path = urllib.parse.unquote(parsed.path or parsed.netloc)
-        if parsed.netloc and parsed.path:  # file://host/path: leave alone
-            return uri
-        if os.path.isabs(path):
-            return Path(path).as_uri()
-        return (base / path).resolve().as_uri()
-
-    if scheme and len(scheme) > 1:  # any other scheme (http, databricks, postgresql, …): unchanged
-        return uri
-
-    # A bare path (or a Windows drive letter, which len(scheme) == 1 catches).
-    path = Path(uri).expanduser()
-    absolute = path if path.is_absolute() else (base / path)
-    absolute = absolute.resolve()
-    if absolute.suffix.lower() in _SQLITE_EXTS:
-        return f"sqlite:///{absolute}"
-    return absolute.as_uri()
-
-
-def _local_sqlite_path(uri: str) -> Path | None:
-    """The database file of an absolute sqlite URI, else None."""
-    if not uri.lower().startswith("sqlite"):
-        return None
-    _, sep, rest = uri.partition(":///")
-    path = rest.partition("?")[0]
-    if not sep or not path.startswith("/"):
-        return None
-    return Path(path)
-
-
-def _check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast (not after MLflow's minutes of retries) when an http(s) tracking server does not answer."""
-    if not uri.lower().startswith(("http://", "https://")):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - the user's own tracking server
-            pass
-    except urllib.error.HTTPError:
-        return  # it answered (maybe 401/404 behind a proxy): reachable
-    except (urllib.error.URLError, OSError) as exc:
-        raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({exc}); start it (infra/) or pass another "
-            f"--tracking-uri"
-        ) from exc
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Searching runs
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _tag_eq(key: str, value: str) -> str | None:
-    """A search filter ``tags.`key` = 'value'``, or None when the value cannot be quoted in MLflow's grammar."""
-    if "'" in value or "\\" in value:
-        return None
-    return f"tags.`{key}` = '{value}'"
-
-
-def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            experiment_ids, filter_string=filter_string, max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _search_by_tags(client: MlflowClient, experiment_ids: list[str], tags: Mapping[str, str]) -> list[Run]:
-    """Active runs whose tags equal ``tags`` (values quoted in the filter where MLflow allows it, checked after)."""
-    clauses = [c for c in (_tag_eq(k, v) for k, v in tags.items()) if c is not None]
-    runs = _search_all(client, experiment_ids, " and ".join(clauses))
-    return [r for r in runs if all(r.data.tags.get(k) == v for k, v in tags.items())]
-
-
-def find_parent_run(client: MlflowClient, experiment_name: str, sweep_key: str) -> Run | None:
-    """The parent run of the sweep ``sweep_key`` in ``experiment_name`` (the oldest if several), else None."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None or experiment.lifecycle_stage != "active":
-        return None
-    runs = _search_by_tags(client, [experiment.experiment_id], {TAG_SWEEP_KEY: sweep_key})
-    runs = [r for r in runs if TAG_PARENT not in r.data.tags]
-    if not runs:
-        return None
-    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-
-def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
-    """The (active) child runs of a parent run, oldest first."""
-    parent = client.get_run(parent_run_id)
-    runs = _search_by_tags(client, [parent.info.experiment_id], {TAG_PARENT: parent_run_id})
-    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -263,10 +102,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]
             yield name, value
 
 
-def _is_contract(name: str) -> bool:
-    return name in _CONTRACT_SET or KL_METRIC.match(name) is not None
-
-
 def _as_float(value: Any) -> float | None:
     if isinstance(value, (bool, str, bytes)) or value is None:
         return None
@@ -280,7 +115,7 @@ def contract_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The contract metrics present in a Tune result with finite values (nested dicts read as ``a/b``)."""
     out: dict[str, float] = {}
     for name, value in _flatten(result):
-        if not _is_contract(name):
+        if not is_contract_metric(name):
             continue
         number = _as_float(value)
         if number is not None and math.isfinite(number):
@@ -312,69 +147,22 @@ def _param_value(value: Any) -> str:
     return text
 
 
-def _finite(result: Mapping[str, Any] | None, key: str) -> bool:
-    if not result or key not in result:
-        return False
-    number = _as_float(result[key])
-    return number is not None and math.isfinite(number)
+def describe_trial(spec: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the params to log, the ``bvae.config.*`` tags) of a trial.
 
+    The params are the trial's sampled values less those its objective does not use (a controlled-capacity trial
+    logs no ``objective.beta``); the tags are its resolved :func:`~bvae_core.config.objective_settings`, which the
+    frontier table and ``bvae pick`` read back from the run alone. A sweep spec (one with ``base``) that cannot
+    resolve the trial's parameters is a bug and raises; a mapping without ``base`` (a callback driven by hand) has
+    no train config, so its params are logged as given and there are no config tags."""
+    if "base" not in spec:
+        return dict(params), {}
+    from .spec import parse_spec
 
-def _trial_outcome(result: Mapping[str, Any] | None) -> tuple[str, str]:
-    """(bvae.status, MLflow status) of a trial that Tune completed, from its last result."""
-    if not (_finite(result, "rate") and _finite(result, "distortion")):
-        return "failed", FAILED
-    if not result.get("done_training"):
-        return "pruned", KILLED
-    return "completed", FINISHED
-
-
-def _config_tags(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, str]:
-    """Tags ``bvae.config.<key>`` with the trial's resolved β, latent size, schedule, C max, γ and seed: the frontier
-    table reads them back from the run alone. Empty when the spec cannot resolve the parameters."""
-    try:
-        from .spec import parse_spec
-
-        config = parse_spec(dict(spec)).trial_config(dict(params))
-    except Exception:  # noqa: BLE001 - a partial spec (tests, hand-driven hooks) just gets no config tags
-        return {}
-    schedule = config.objective.schedule
-    # the capacity objective has no β (γ weighs |KL − C|): no β tag, rather than one that means nothing
-    beta = None if schedule.kind == "linear_capacity" else config.objective.beta
-    values = {"beta": beta, "latent_dim": config.model.latent_dim, "schedule": schedule.kind,
-              "c_max": getattr(schedule, "c_max", None), "gamma": getattr(schedule, "gamma", None), "seed": config.seed,
-              "arch": config.model.arch, "dataset": config.dataset.name}  # fmt: skip
-    return {f"bvae.config.{k}": str(v) for k, v in values.items() if v is not None}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Provenance
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _version_tags() -> dict[str, str]:
-    tags = {"bvae.version.python": platform.python_version()}
-    for tag, dist in _VERSION_TAGS.items():
-        try:
-            tags[tag] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return tags
-
-
-def _git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+    sweep = parse_spec(dict(spec))
+    config = sweep.trial_config(dict(params))
+    tags = {TAG_CONFIG + k: str(v) for k, v in objective_settings(config).items() if v is not None}
+    return sweep.applied_params(dict(params), config), tags
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -382,18 +170,35 @@ def _git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _guarded(method):
-    """An MLflow failure in a Tune hook logs a warning instead of failing the sweep."""
+def _error_line(trial: Trial) -> str:
+    """The last line of a trial's error (Tune writes it to ``error.txt`` in the trial's folder)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read() if path else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else "the trial raised (see its log)"
 
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - tracking must not end a sweep
-            logger.warning("MLflow tracking: %s failed (%s: %s)", method.__name__, type(exc).__name__, exc)
-            return None
 
-    return wrapper
+_PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                              "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
+                              "MALFORMED_REQUEST"})  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Would the same write succeed later? Unreachable stores, timeouts and 5xx answers: yes. A request the store
+    refuses (4xx: bad value, missing run, no permission) or a bug in this code: no."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in _PERMANENT_CODES
+    return not isinstance(exc, (TypeError, ValueError, KeyError, AttributeError, AssertionError))
+
+
+def _short_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}{'…' if len(text) > 300 else ''}"
 
 
 class MLflowTracking(Callback):
@@ -453,6 +258,11 @@ class MLflowTracking(Callback):
         self._ended: set[str] = set()  # trial ids whose run this callback ended
         self._closed = False
         self.report_seconds: list[float] = []
+        self._outbox: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
+        self._retry_at = 0.0
+        self._down_since: float | None = None
+        self.delivered_late = 0  # writes kept while the store was down, then delivered
+        self.skipped_writes = 0  # writes the store refused for good
 
     def __getstate__(self) -> dict:
         keep = ("tracking_uri", "experiment", "sweep_name", "sweep_key", "spec", "tags", "artifact_location")
@@ -469,8 +279,16 @@ class MLflowTracking(Callback):
         if self._client is None:
             from mlflow import MlflowClient
 
+            # Fail fast and let the outbox retry: MLflow's own retries would stall Tune's loop for minutes.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
+
+    @property
+    def _objectives(self) -> list[str]:
+        search = self.spec.get("search")
+        return list(search.get("objectives") or []) if isinstance(search, Mapping) else []
 
     @property
     def report_seconds_total(self) -> float:
@@ -486,7 +304,7 @@ class MLflowTracking(Callback):
         """
         if self.parent_run_id is not None and not self._closed:
             return
-        _check_reachable(self.tracking_uri)
+        check_reachable(self.tracking_uri)
         try:
             self.experiment_id = self._get_or_create_experiment()
             self.parent_run_id = self._get_or_create_parent()
@@ -499,89 +317,167 @@ class MLflowTracking(Callback):
             ) from exc
         self._closed = False
 
-    @_guarded
+    # -- the outbox ------------------------------------------------------------------------------------------------
+    # Every write goes through it, in order. A write that fails because the store is unreachable (or answers 5xx)
+    # stays queued with everything after it, and is retried at the next hook (at most every RETRY_S seconds, also
+    # from Tune's loop while nothing else happens): training goes on, nothing is lost. A write the store refuses
+    # for good (a 4xx) is logged and skipped, so it cannot hold the others back.
+
+    RETRY_S = 5.0
+
+    def _submit(self, what: str, write: Callable[[], None]) -> None:
+        self._outbox.append((what, write))
+        self._flush()
+
+    def _flush(self, force: bool = False) -> bool:
+        """Deliver the queued writes in order; True when none is left."""
+        if not self._outbox:
+            return True
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        while self._outbox:
+            what, write = self._outbox[0]
+            try:
+                write()
+            except Exception as exc:  # noqa: BLE001 - classified below; tracking must not end a sweep
+                if _transient(exc):
+                    if self._down_since is None:
+                        self._down_since = time.monotonic()
+                        logger.warning("MLflow tracking: %s does not answer (%s); training goes on, writes are kept "
+                                       "and retried", self.tracking_uri, _short_error(exc))  # fmt: skip
+                    self._retry_at = time.monotonic() + self.RETRY_S
+                    return False
+                logger.warning("MLflow tracking: %s refused (%s); skipped", what, _short_error(exc))
+                self.skipped_writes += 1
+            self._outbox.popleft()
+            if self._down_since is not None:
+                self.delivered_late += 1
+        if self._down_since is not None:
+            logger.warning("MLflow tracking: %s answers again after %.0f s; %d kept writes delivered",
+                           self.tracking_uri, time.monotonic() - self._down_since, self.delivered_late)  # fmt: skip
+            self._down_since = None
+        return True
+
+    def _drain(self, timeout: float | None = None) -> bool:
+        """Flush until the outbox is empty or ``timeout`` seconds (``BVAE_TRACKING_DRAIN_S``, default 120) pass."""
+        timeout = float(os.environ.get("BVAE_TRACKING_DRAIN_S", "120")) if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while not self._flush(force=True):
+            if time.monotonic() >= deadline:
+                logger.error("MLflow tracking: %d writes could not be delivered to %s; their runs may show "
+                             "RUNNING until `bvae sweep resume` ends them", len(self._outbox), self.tracking_uri)  # fmt: skip
+                return False
+            time.sleep(min(self.RETRY_S, max(0.0, deadline - time.monotonic())))
+        return True
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._outbox)
+
+    # -- Tune hooks ----------------------------------------------------------------------------------------------
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if self._outbox:
+            self._flush()
+
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # A resumed trial continues its run at once. A new trial gets its run with its first result: by then Tune
         # has saved the trial in its experiment state, so a driver killed at any moment leaves no run behind whose
         # trial a resume would not continue.
-        if trial.trial_id in self._runs or self._find_child(trial.trial_id) is not None:
-            self._ensure_child(trial)
+        def write() -> None:
+            if trial.trial_id in self._runs or self._find_child(trial.trial_id) is not None:
+                self._ensure_child(trial)
 
-    @_guarded
-    def on_trial_result(
-        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
-    ) -> None:
+        self._submit(f"continuing the run of trial {trial.trial_id}", write)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric, Param
+
         start = time.perf_counter()
-        try:
-            self._last_results[trial.trial_id] = result
+        self._last_results[trial.trial_id] = result
+        extra = result.get("metric_params")  # the disentanglement metrics' parameters
+        params = [Param(f"eval.{k}", _param_value(v)) for k, v in extra.items()] if isinstance(extra, Mapping) else []
+        step, now = _result_step(result), int(time.time() * 1000)
+        metrics = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in contract_metrics(result).items()]
+
+        def write() -> None:
             run_id = self._ensure_child(trial)
-            extra_params = result.get("metric_params")
-            if isinstance(extra_params, Mapping) and extra_params:  # the disentanglement metrics' parameters
-                from mlflow.entities import Param
+            for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)
+            for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH], synchronous=True)
 
-                params = [Param(f"eval.{k}", _param_value(v)) for k, v in extra_params.items()]
-                for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-                    self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)
-            metrics = contract_metrics(result)
-            if metrics:
-                from mlflow.entities import Metric
+        self._submit(f"metrics of trial {trial.trial_id} at step {step}", write)
+        self.report_seconds.append(time.perf_counter() - start)
 
-                step = _result_step(result)
-                now = int(time.time() * 1000)
-                batch = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in metrics.items()]
-                for i in range(0, len(batch), _MAX_METRICS_PER_BATCH):
-                    self.client.log_batch(run_id, metrics=batch[i : i + _MAX_METRICS_PER_BATCH], synchronous=True)
-        finally:
-            self.report_seconds.append(time.perf_counter() - start)
-
-    @_guarded
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = self._last_results.get(trial.trial_id) or getattr(trial, "last_result", None) or None
-        run_id = self._known_child(trial)
-        if run_id is None:
-            return  # never started (e.g. a PENDING trial removed at the end): no run to end
-        status_tag, status = _trial_outcome(result)
-        if status_tag == "completed":
-            self._log_checkpoint(trial, run_id)
-        self._end_child(trial.trial_id, run_id, status, status_tag)
+        outcome = trial_outcome(result, objectives=self._objectives)
+        checkpoint = getattr(trial, "checkpoint", None) if outcome.completed else None
 
-    def _log_checkpoint(self, trial: Trial, run_id: str) -> None:
+        def write() -> None:
+            run_id = self._known_child(trial)
+            if run_id is None:
+                return  # never started (e.g. a PENDING trial removed at the end): no run to end
+            if checkpoint is not None:
+                self._log_checkpoint(checkpoint, run_id)
+            self._end_child(trial.trial_id, run_id, outcome.run_status, outcome.status_tag, outcome.reason)
+
+        self._submit(f"the end of trial {trial.trial_id}", write)
+
+    def _log_checkpoint(self, checkpoint, run_id: str) -> None:
         """The trial's final checkpoint and figures as artifacts of its run (``checkpoint/``), so that the model
         of any frontier point can be fetched from the tracking server alone (Tune's storage may be gone)."""
-        checkpoint = getattr(trial, "checkpoint", None)
-        if checkpoint is None:
-            return
         with checkpoint.as_directory() as folder:
             self.client.log_artifacts(run_id, folder, artifact_path="checkpoint")
 
-    @_guarded
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self._known_child(trial)
-        if run_id is None:
-            run_id = self._ensure_child(trial)
-        self._end_child(trial.trial_id, run_id, FAILED, "error")
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        """A trial that failed and is retried from its last checkpoint (``search.max_failures``): count it on its
+        run (tag ``bvae.retries``), which stays RUNNING."""
 
-    @_guarded
+        def write() -> None:
+            run_id = self._known_child(trial)
+            if run_id is not None:
+                retries = int(self.client.get_run(run_id).data.tags.get(TAG_RETRIES, "0")) + 1
+                self.client.set_tag(run_id, TAG_RETRIES, str(retries))
+
+        self._submit(f"the retry of trial {trial.trial_id}", write)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        outcome, reason = trial_outcome(None, error=True), _error_line(trial)
+
+        def write() -> None:
+            run_id = self._known_child(trial) or self._ensure_child(trial)
+            self._end_child(trial.trial_id, run_id, outcome.run_status, outcome.status_tag, reason)
+
+        self._submit(f"the error of trial {trial.trial_id}", write)
+
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Children still RUNNING → KILLED (``bvae.status=interrupted``); the parent → FINISHED, or KILLED when
         the sweep was interrupted (Ctrl+C: Tune ends here too) and `Tuner.restore` may continue it.
 
         Interrupted = a trial Tune has not ended (PENDING/PAUSED), or a trial started here whose run was never
         ended by `on_trial_complete`/`on_trial_error` (Tune marks the trials it cuts off TERMINATED without
-        calling either)."""
+        calling either). Kept writes are delivered first (waiting up to ``BVAE_TRACKING_DRAIN_S`` seconds)."""
+        if not self._drain():
+            return
         cut_off = any(tid not in self._ended for tid in self._runs)
         not_ended = any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
-        self._finish(parent_status=KILLED if (cut_off or not_ended) else FINISHED)
+        try:
+            self._finish(parent_status=KILLED if (cut_off or not_ended) else FINISHED)
+        except Exception as exc:  # noqa: BLE001 - tracking must not end a sweep
+            logger.warning("MLflow tracking: ending the sweep's runs failed (%s)", _short_error(exc))
 
     def close(self, status: str = KILLED) -> None:
-        """End the sweep's runs when the driver exits abnormally (e.g. KeyboardInterrupt): children still
-        RUNNING → KILLED, the parent → ``status`` (FINISHED, FAILED or KILLED). Idempotent; an MLflow failure
-        is logged, not raised."""
+        """End the sweep's runs when the driver exits abnormally (e.g. KeyboardInterrupt): kept writes delivered
+        (briefly), children still RUNNING → KILLED, the parent → ``status`` (FINISHED, FAILED or KILLED).
+        Idempotent; an MLflow failure is logged, not raised."""
         if status not in (FINISHED, FAILED, KILLED):
             raise ValueError(f"close(status={status!r}): expected one of FINISHED, FAILED, KILLED")
         if self._closed:
             return
         try:
+            self._drain(timeout=min(10.0, float(os.environ.get("BVAE_TRACKING_DRAIN_S", "120"))))
             self._finish(parent_status=status)
         except Exception as exc:  # noqa: BLE001
             logger.warning("MLflow tracking: close failed (%s: %s)", type(exc).__name__, exc)
@@ -589,6 +485,8 @@ class MLflowTracking(Callback):
     # -- internals -----------------------------------------------------------------------------------------------
 
     def _get_or_create_experiment(self) -> str:
+        """The experiment's id; a new one (or one without a kind) is marked a model-training experiment, so that
+        MLflow 3's UI opens it on its runs table, charts and artifacts instead of its GenAI view."""
         client = self.client
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is not None:
@@ -597,15 +495,18 @@ class MLflowTracking(Callback):
                     f"MLflow experiment {self.experiment!r} in {self.tracking_uri} is deleted; restore it "
                     f"(MlflowClient.restore_experiment) or name another experiment (tracking.experiment)"
                 )
+            if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # made elsewhere: the UI would guess GenAI
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
         location = self.artifact_location
         if location is None:
-            db = _local_sqlite_path(self.tracking_uri)
+            db = local_sqlite_path(self.tracking_uri)
             if db is not None:
                 safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.experiment).strip("._") or "experiment"
                 location = str(db.parent / "mlartifacts" / safe)
         try:
-            return client.create_experiment(self.experiment, artifact_location=location)
+            return client.create_experiment(self.experiment, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})  # fmt: skip
         except Exception:
             # Another process may have created it in between.
             experiment = client.get_experiment_by_name(self.experiment)
@@ -622,10 +523,7 @@ class MLflowTracking(Callback):
             logger.info("MLflow tracking: continuing parent run %s of sweep %s", parent.info.run_id, self.sweep_name)
             return parent.info.run_id
 
-        tags = {**self.tags, **_version_tags()}
-        commit = _git_commit()
-        if commit:
-            tags[TAG_GIT_COMMIT] = commit
+        tags = {**self.tags, **provenance_tags()}
         tags[TAG_SWEEP] = self.sweep_name
         tags[TAG_SWEEP_KEY] = self.sweep_key
         run = client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
@@ -649,7 +547,7 @@ class MLflowTracking(Callback):
         return run_id
 
     def _find_child(self, trial_id: str) -> Run | None:
-        runs = _search_by_tags(
+        runs = search_by_tags(
             self.client, [self.experiment_id], {TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id}
         )
         if not runs:
@@ -693,17 +591,19 @@ class MLflowTracking(Callback):
             TAG_SWEEP_KEY: self.sweep_key,
             TAG_STATUS: "running",
         }
-        config = getattr(trial, "config", None) or {}
-        tags.update(_config_tags(self.spec, config))
+        params, config_tags = describe_trial(self.spec, getattr(trial, "config", None) or {})
+        tags.update(config_tags)
         run = client.create_run(self.experiment_id, tags=tags, run_name=f"{self.sweep_name}-{trial.trial_id}")
         run_id = run.info.run_id
-        params = [Param(str(k), _param_value(v)) for k, v in config.items()]
-        for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)
+        logged = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(logged), _MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=logged[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)
         return run_id
 
-    def _end_child(self, trial_id: str, run_id: str, status: str, status_tag: str) -> None:
+    def _end_child(self, trial_id: str, run_id: str, status: str, status_tag: str, reason: str = "") -> None:
         self.client.set_tag(run_id, TAG_STATUS, status_tag)
+        if reason:
+            self.client.set_tag(run_id, TAG_REASON, reason[:5000])
         self.client.set_terminated(run_id, status=status)
         self._ended.add(trial_id)
 

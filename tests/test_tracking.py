@@ -303,11 +303,13 @@ def test_interrupted_sweep_ends_killed_and_resumes(store):
     assert len(_all_runs(store.client, "exp-interrupted")) == 3
 
 
-def test_mlflow_failure_in_a_hook_only_warns(store, caplog):
+def test_a_store_that_stops_answering_delays_writes_and_loses_none(store, caplog):
     cb = _callback(store, "robust")
     cb.setup()
+    cb.RETRY_S = 0.0
     trial = _fake_trial("t")
     cb.on_trial_start(0, [trial], trial)
+    cb.on_trial_result(0, [trial], trial, _report(1))
 
     class Broken:
         def __getattr__(self, name):
@@ -315,14 +317,21 @@ def test_mlflow_failure_in_a_hook_only_warns(store, caplog):
 
     real, cb._client = cb._client, Broken()
     with caplog.at_level(logging.WARNING, logger="sweeps.tracking"):
-        cb.on_trial_result(0, [trial], trial, _report(1))
+        cb.on_trial_result(0, [trial], trial, _report(2))  # no exception: the sweep goes on
         cb.on_trial_complete(0, [trial], trial)
-        cb.on_experiment_end([trial])
-    assert sum("went away" in r.getMessage() for r in caplog.records) == 3
-    assert len(cb.report_seconds) == 1
-    cb._client = real
-    cb._closed = False
-    cb.close("KILLED")
+        assert cb.pending_writes == 2
+        cb._client = real  # the store answers again
+        cb.on_step_end(1, [trial])
+    assert cb.pending_writes == 0 and cb.delivered_late == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("went away" in m for m in messages) == 1  # one line when it went, not one per write
+    assert any("answers again" in m and "2 kept writes delivered" in m for m in messages)
+    assert len(cb.report_seconds) == 2
+    trial.status = "TERMINATED"
+    cb.on_experiment_end([trial])
+    run = _children_by_trial(store.client, cb.parent_run_id)["t"]
+    assert [m.step for m in store.client.get_metric_history(run.info.run_id, "rate")] == [1, 2]  # none lost
+    assert run.info.status != "RUNNING"
 
 
 def test_unreachable_server_fails_setup_naming_the_uri(tmp_path):

@@ -1,0 +1,50 @@
+"""Chaos testing: failures injected into trials on purpose, as a sweep on spot machines meets them — the way the
+fault-matrix tests (and a user who wants to see recovery work before trusting it) exercise retries and resumes.
+
+Off unless the environment variable ``BVAE_FAULTS`` holds a JSON object, read by each trial process:
+
+- ``raise_at_step`` (int): a selected trial raises :class:`InjectedFault` once it has trained past this step, in an
+  attempt that did not start from a checkpoint — so its retry, restored from its last checkpoint, carries on;
+- ``fraction`` (float, default 1): the share of trials selected, by a hash of the trial id and ``seed``;
+- ``seed`` (int, default 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+ENV = "BVAE_FAULTS"
+
+
+class InjectedFault(RuntimeError):
+    """A failure injected by ``BVAE_FAULTS``."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    raise_at_step: int | None = None
+    fraction: float = 1.0
+    seed: int = 0
+
+    def selects(self, trial_id: str) -> bool:
+        digest = hashlib.sha256(f"{self.seed}:{trial_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+
+    def check(self, trial_id: str, step: int, restored: bool) -> None:
+        """Raise :class:`InjectedFault` if this trial is to fail at ``step`` in this attempt."""
+        if self.raise_at_step is not None and not restored and step >= self.raise_at_step and self.selects(trial_id):
+            raise InjectedFault(f"{ENV}: trial {trial_id} failed on purpose at step {step}")
+
+
+def fault_plan() -> FaultPlan | None:
+    """The plan in ``BVAE_FAULTS``, or None when it is unset."""
+    text = os.environ.get(ENV)
+    if not text:
+        return None
+    try:
+        return FaultPlan(**json.loads(text))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{ENV}: expected a JSON object with raise_at_step, fraction, seed; got {text!r} ({exc})") from None

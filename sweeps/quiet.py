@@ -1,0 +1,44 @@
+"""Third-party messages that do not concern a user of ``bvae`` — silenced one by one, by logger and message, so that
+the project's own lines come first and every other warning still shows.
+
+| source | message | why it is noise here |
+|---|---|---|
+| MLflow (`mlflow.store.db.utils`, alembic) | "Creating initial MLflow database tables…", "Updating database tables", migrations | a new local store is expected |
+| MLflow (`mlflow.pytorch`) | "Saving pytorch model by Pickle … requires exercising caution" | `bvae pick --register` saves the VAE class on purpose (`pt2` loses `encode`/`decode`); the user's own store |
+| MLflow (`mlflow.pytorch`) | "Stored model version '2.13.0+cpu' does not match installed PyTorch version '2.13.0'" | a local build label, not a version difference |
+| MLflow | artifact download/upload progress bars | one small checkpoint |
+
+Ray's token-authentication notice is avoided at its source: the embedded local Ray is started with
+``RAY_AUTH_MODE=token`` set explicitly (see :mod:`sweeps.runner`), which keeps authentication on without the notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+_SILENCED: dict[str, re.Pattern[str]] = {
+    "mlflow.store.db.utils": re.compile(r"Creating initial MLflow database tables|Updating database tables"),
+    "alembic.runtime.migration": re.compile(r"Context impl|Will assume|Running upgrade"),
+    "mlflow.pytorch": re.compile(r"Pickle or CloudPickle format requires|Stored model version '([^'+]+)(\+[^']*)?' "
+                                 r"does not match installed PyTorch version '\1(\+[^']*)?'"),  # fmt: skip
+}
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, pattern: re.Pattern[str]):
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+def quiet_third_party() -> None:
+    """Install the filters above (idempotent) and turn MLflow's artifact progress bars off unless asked for."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name, pattern in _SILENCED.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) for f in logger.filters):
+            logger.addFilter(_DropMatching(pattern))

@@ -1,0 +1,125 @@
+"""The fault matrix: faults injected on purpose (``BVAE_FAULTS``, a failing Ray start), real Ray, real MLflow
+stores, real Optuna. Each test asserts the end state: every trial finished or failed with a reason on its run, one
+MLflow run per trial, none left RUNNING, and the frontier equal to a clean run's where the fault allows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sweeps import runner
+from sweeps.faults import FaultPlan, InjectedFault
+from sweeps.spec import parse_spec
+from sweeps.store import child_runs, find_parent_run
+
+BASE = {
+    "seed": 0,
+    "dataset": {"name": "gaussian", "eigenvalues": [4.0, 2.0, 1.0, 0.5], "n_train": 5000, "n_test": 1000},
+    "model": {"arch": "linear", "latent_dim": 4, "likelihood": {"kind": "gaussian", "sigma": 1.0}},
+    "objective": {"beta": 1.0},
+    "train": {"steps": 300, "batch_size": 128, "lr": 3.0e-3, "eval_every": 100, "log_every": 100},
+}
+
+
+def _spec(tmp_path: Path, name: str, trials: int = 4, max_failures: int = 1, store: str = "mlflow.db") -> dict:
+    return {
+        "name": name,
+        "base": BASE,
+        "search": {"trials": trials, "seed": 3, "concurrency": 1, "sampler": "random", "max_failures": max_failures,
+                   "space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/{store}"},
+        "storage": {"path": str(tmp_path / "ray_results")},
+        "ray": {"num_cpus": 2},
+    }  # fmt: skip
+
+
+def _bvae(tmp_path: Path, *args: str, faults: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("BVAE_FAULTS", None)
+    if faults is not None:
+        env["BVAE_FAULTS"] = json.dumps(faults)
+    return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip
+
+
+def _runs(uri: str, name: str, key: str):
+    client = MlflowClient(uri)
+    parent = find_parent_run(client, name, key)
+    assert parent is not None, f"no parent run of {name} in {uri}"
+    return client, parent, child_runs(client, parent.info.run_id)
+
+
+def _points(children) -> dict[str, tuple[float, float]]:
+    return {r.data.params["objective.beta"]: (r.data.metrics["rate"], r.data.metrics["distortion"]) for r in children}
+
+
+def test_fault_plan_selects_a_stable_share_and_spares_restored_attempts():
+    plan = FaultPlan(raise_at_step=150, fraction=0.25, seed=1)
+    chosen = [t for t in (f"trial_{i:05d}" for i in range(400)) if plan.selects(t)]
+    assert 60 < len(chosen) < 140 and chosen == [t for t in (f"trial_{i:05d}" for i in range(400)) if plan.selects(t)]
+    with pytest.raises(InjectedFault, match="step 200"):
+        plan.check(chosen[0], 200, restored=False)
+    plan.check(chosen[0], 200, restored=True)  # the retry from a checkpoint carries on
+    plan.check(chosen[0], 100, restored=False)  # not there yet
+
+
+@pytest.mark.slow
+def test_trials_raising_mid_training_are_retried_from_their_checkpoints_to_a_clean_runs_frontier(tmp_path):
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    for folder in (clean, faulty):
+        folder.mkdir()
+        (folder / "spec.yaml").write_text(yaml.safe_dump(_spec(folder, "retry")))
+    assert _bvae(clean, "sweep", "run", "spec.yaml").returncode == 0
+    done = _bvae(faulty, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150, "fraction": 0.5, "seed": 0})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4/4 trials completed" in done.stdout
+    _, _, clean_runs = _runs(f"sqlite:///{clean}/mlflow.db", "retry", str(clean / "ray_results" / "retry"))
+    client, parent, runs = _runs(f"sqlite:///{faulty}/mlflow.db", "retry", str(faulty / "ray_results" / "retry"))
+    assert len(runs) == len({r.data.tags["bvae.trial_id"] for r in runs}) == 4  # one run per trial
+    assert all(r.info.status == "FINISHED" for r in runs) and parent.info.status == "FINISHED"
+    # the retried trials continued from their checkpoints: the same points as the clean sweep, bit for bit (CPU)
+    assert _points(runs) == _points(clean_runs)
+    retried = [r for r in runs if int(r.data.tags.get("bvae.retries", "0")) >= 1]
+    assert retried, "no trial was retried: the fault did not fire"
+
+
+@pytest.mark.slow
+def test_resume_with_another_tracking_uri_logs_the_resumed_trials_there(tmp_path):
+    data = _spec(tmp_path, "moved", trials=2, max_failures=0)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150})  # every trial errors once
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0/2 trials completed" in first.stdout
+    key = str(tmp_path / "ray_results" / "moved")
+    _, _, old = _runs(data["tracking"]["uri"], "moved", key)
+    assert {r.info.status for r in old} == {"FAILED"} and all(r.data.tags.get("bvae.reason") for r in old)
+
+    new_uri = f"sqlite:///{tmp_path}/moved.db"
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml", "--tracking-uri", new_uri)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, parent, runs = _runs(new_uri, "moved", key)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    assert all(max(m.step for m in client.get_metric_history(r.info.run_id, "rate")) == 300 for r in runs)
+    _, _, old_after = _runs(data["tracking"]["uri"], "moved", key)
+    assert [r.info.status for r in old_after] == [r.info.status for r in old]  # the old store was not written to
+
+
+def test_the_parent_run_ends_failed_when_ray_cannot_start(tmp_path, monkeypatch):
+    data = _spec(tmp_path, "noray", trials=2)
+
+    def refuse(spec):
+        raise ConnectionError("Ray refused to start (injected)")
+
+    monkeypatch.setattr(runner, "init_ray", refuse)
+    with pytest.raises(ConnectionError, match="injected"):
+        runner.run_sweep(parse_spec(data))
+    client = MlflowClient(data["tracking"]["uri"])
+    parent = find_parent_run(client, "noray", str(tmp_path / "ray_results" / "noray"))
+    assert parent is not None and parent.info.status == "FAILED"

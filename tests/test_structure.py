@@ -1,0 +1,185 @@
+"""One fact, one place: how a trial ended, which run is the sweep, what a trial's config tags say, provenance, and a
+CLI for reading the store that never imports Ray or Optuna. Real MLflow stores (sqlite), no mocks."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeps import store
+from sweeps.outcome import DONE_KEY, trial_outcome
+from sweeps.progress import trial_status
+from sweeps.search import trial_state
+from sweeps.tracking import describe_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RESULTS = {
+    "none": None,
+    "empty": {},
+    "nan rate": {"rate": math.nan, "distortion": 2.0, DONE_KEY: True},
+    "missing distortion": {"rate": 1.0, DONE_KEY: True},
+    "stopped early": {"rate": 1.0, "distortion": 2.0, DONE_KEY: False},
+    "trained to the end": {"rate": 1.0, "distortion": 2.0, DONE_KEY: True},
+}
+EXPECTED = {  # label, bvae.status, MLflow status, Optuna state
+    "none": ("FAILED", "failed", "FAILED", "FAIL"),
+    "empty": ("FAILED", "failed", "FAILED", "FAIL"),
+    "nan rate": ("FAILED", "failed", "FAILED", "FAIL"),
+    "missing distortion": ("FAILED", "failed", "FAILED", "FAIL"),
+    "stopped early": ("PRUNED", "pruned", "KILLED", "PRUNED"),
+    "trained to the end": ("COMPLETED", "completed", "FINISHED", "COMPLETE"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESULTS))
+def test_progress_tracking_and_optuna_agree_on_how_a_trial_ended(case):
+    result = RESULTS[case]
+    outcome = trial_outcome(result)
+    assert (outcome.label, outcome.status_tag, outcome.run_status, outcome.optuna_state) == EXPECTED[case]
+    assert trial_status(result) == outcome.label  # the progress lines and the summary table
+    state, values = trial_state(result, ["rate", "distortion"], error=False)  # what Optuna is told
+    assert state == optuna.trial.TrialState[outcome.optuna_state]
+    assert (values is not None) == (case == "trained to the end")
+    if not outcome.completed and outcome.label == "FAILED":
+        assert outcome.reason  # a failed run says why
+
+
+def test_an_errored_trial_is_an_error_everywhere():
+    result = RESULTS["trained to the end"]
+    assert trial_status(result, error=True) == "ERROR"
+    assert trial_state(result, ["rate", "distortion"], error=True)[0] == optuna.trial.TrialState.FAIL
+    assert trial_outcome(result, error=True).run_status == "FAILED"
+
+
+SPEC = {
+    "name": "tags",
+    "base": {"dataset": {"name": "blobs"}, "model": {"arch": "mlp", "latent_dim": 4},
+             "train": {"steps": 100, "eval_every": 50}},
+    "search": {"trials": 2, "space": {
+        "objective.beta": {"log_uniform": [0.5, 8.0]},
+        "objective.schedule": {"choice": [{"kind": "constant"},
+                                          {"kind": "linear_capacity", "c_max": {"uniform": [5, 20]}, "gamma": 100}]}}},
+}  # fmt: skip
+
+
+def test_capacity_trials_neither_log_nor_tag_a_beta_they_do_not_use():
+    params, tags = describe_trial(SPEC, {"objective.beta": 3.5, "objective.schedule": "linear_capacity",
+                                         "objective.schedule.c_max": 12.0})  # fmt: skip
+    assert "objective.beta" not in params and params["objective.schedule.c_max"] == 12.0
+    assert "bvae.config.beta" not in tags
+    assert tags["bvae.config.c_max"] == "12.0" and tags["bvae.config.gamma"] == "100.0"
+    assert tags["bvae.config.schedule"] == "linear_capacity" and tags["bvae.config.latent_dim"] == "4"
+    params, tags = describe_trial(SPEC, {"objective.beta": 3.5, "objective.schedule": "constant"})
+    assert params["objective.beta"] == 3.5 and tags["bvae.config.beta"] == "3.5" and "bvae.config.c_max" not in tags
+
+
+def test_config_tags_of_a_trial_the_spec_cannot_resolve_raise_instead_of_going_blank():
+    with pytest.raises(KeyError):  # the chosen schedule's c_max was never sampled: a bug, not a blank β
+        describe_trial(SPEC, {"objective.beta": 3.5, "objective.schedule": "linear_capacity"})
+
+
+# ---------------------------------------------------------------- which run is the sweep
+def _parent(client, experiment_id, name, key, start):
+    run = client.create_run(experiment_id, start_time=start, tags={store.TAG_SWEEP: name, store.TAG_SWEEP_KEY: key})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_one_rule_finds_the_sweep_whether_by_name_by_key_or_by_the_tracking_callback(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("e")
+    old_a = _parent(client, exp, "rd", "/store/a/rd", 1000)
+    _parent(client, exp, "rd", "/store/a/rd", 2000)  # a duplicate of sweep a, made later by a race
+    b = _parent(client, exp, "rd", "/store/b/rd", 1500)
+    # by key (what the tracking callback and a spec file use): the oldest parent of that sweep, never the duplicate
+    assert store.find_parent_run(client, "e", "/store/a/rd").info.run_id == old_a
+    assert store.find_sweep(client, "rd", sweep_key="/store/a/rd").parent_run_id == old_a
+    # by name: among different sweeps of that name, the one started last — judged by each sweep's first parent
+    assert store.find_sweep(client, "rd").parent_run_id == b
+    assert store.find_sweep(client, old_a).parent_run_id == old_a  # by parent run id
+
+
+def test_run_lookups_read_every_page(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("e")
+    ids = {_parent(client, exp, f"s{i}", f"k{i}", 1000 + i) for i in range(7)}
+    runs = store.search_all(client, [exp], page_size=3)
+    assert {r.info.run_id for r in runs} == ids
+
+
+def test_an_unknown_sweep_name_lists_the_sweeps_and_suggests_the_closest(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("e")
+    for name in ("quickstart", "dsprites-rd"):
+        _parent(client, exp, name, f"/k/{name}", 1000)
+    with pytest.raises(store.SweepNotFound) as err:
+        store.find_sweep(client, "quickstrat")
+    message = str(err.value)
+    assert "did you mean 'quickstart'?" in message and "dsprites-rd" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- provenance
+def test_provenance_names_this_package_and_its_commit_not_the_working_directory(tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    code = ("import json, os; os.chdir(os.environ['OTHER']); from sweeps.store import provenance_tags; "
+            "print(json.dumps(provenance_tags()))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**_env(), "OTHER": str(other)})  # fmt: skip
+    tags = json.loads(out.stdout)
+    assert tags[store.TAG_PACKAGE_VERSION]  # the package's own version
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0 and (ROOT / "sweeps" / "__init__.py").exists():
+        assert tags.get(store.TAG_GIT_COMMIT) == head.stdout.strip()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+# ---------------------------------------------------------------- the CLI that reads the store
+def test_frontier_and_pick_never_import_ray_or_optuna(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    parent = _parent(client, exp, "hand", "/k/hand", int(time.time() * 1000))
+    for i, (rate, distortion) in enumerate([(1.0, 9.0), (3.0, 4.0), (6.0, 2.0)]):
+        run = client.create_run(exp, tags={store.TAG_PARENT: parent, store.TAG_TRIAL_ID: f"t{i}",
+                                           store.TAG_STATUS: "completed", "bvae.config.beta": str(1.0 + i)})  # fmt: skip
+        client.log_metric(run.info.run_id, "rate", rate)
+        client.log_metric(run.info.run_id, "distortion", distortion)
+        client.set_terminated(run.info.run_id)
+    code = ("import sys; from sweeps.cli import main; "
+            f"a = main(['frontier', 'hand', '--tracking-uri', {uri!r}]); "
+            f"b = main(['pick', 'hand', '--rule', 'knee', '--json', '--tracking-uri', {uri!r}]); "
+            "print('EXIT', a, b, sorted(m for m in ('ray', 'optuna') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert "EXIT 0 0 []" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_repository_cites_no_notes_a_clone_lacks():
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    offenders = []
+    for name in tracked.stdout.split():
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".sh", "") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for needle in ("../shared", "DESIGN §", "DESIGN.md", "STACK.md"):
+            if needle in text and not name.startswith("tests/test_structure"):
+                offenders.append(f"{name}: {needle}")
+    assert not offenders, offenders
