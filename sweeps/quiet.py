@@ -7,9 +7,10 @@ the project's own lines come first and every other warning still shows.
 | MLflow (`mlflow.pytorch`) | "Saving pytorch model by Pickle … requires exercising caution" | `bvae pick --register` saves the VAE class on purpose (`pt2` loses `encode`/`decode`); the user's own store |
 | MLflow (`mlflow.pytorch`) | "Stored model version '2.13.0+cpu' does not match installed PyTorch version '2.13.0'" | a local build label, not a version difference |
 | MLflow | artifact download/upload progress bars | one small checkpoint |
+| Ray (`…authentication_token_setup`) | "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out" | the embedded Ray keeps Ray's secure default (token auth, on 127.0.0.1); nothing to do |
 
-Ray's token-authentication notice is avoided at its source: the embedded local Ray is started with
-``RAY_AUTH_MODE=token`` set explicitly (see :mod:`sweeps.runner`), which keeps authentication on without the notice.
+The opposite notice ("Token authentication is *disabled* … Anyone with network access …") is kept: it concerns the
+user.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 
 _SILENCED: dict[str, re.Pattern[str]] = {
+    "ray._private.authentication.authentication_token_setup": re.compile(r"Token authentication is enabled for this"),
     "mlflow.store.db.utils": re.compile(r"Creating initial MLflow database tables|Updating database tables"),
     "alembic.runtime.migration": re.compile(r"Context impl|Will assume|Running upgrade"),
     "mlflow.pytorch": re.compile(r"Pickle or CloudPickle format requires|Stored model version '([^'+]+)(\+[^']*)?' "

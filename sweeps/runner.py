@@ -61,23 +61,10 @@ def init_ray(spec: SweepSpec) -> None:
     if ray.is_initialized():
         return
     if spec.ray.address is None:
-        # Token authentication on, said explicitly: Ray's default does the same but prints a notice every sweep.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(num_cpus=spec.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=True, logging_level="WARNING", log_to_driver=False)  # fmt: skip
     else:
         ray.init(address=spec.ray.address, log_to_driver=False, logging_level="WARNING")
-
-
-def check_data(spec: SweepSpec) -> None:
-    """Read the user's data file once in the driver, so that a missing or malformed file stops the sweep with one
-    line (``DataFileError``, naming the file) before Ray, the tracking store or any trial starts. Generated datasets
-    need no check: their config was validated."""
-    config = spec.base_config
-    if config.dataset.name == "file":
-        from bvae_core.data import make_dataset
-
-        make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
 
 
 def default_concurrency(spec: SweepSpec) -> int:
@@ -142,6 +129,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     them."""
     from ray import tune
 
+    from .preflight import preflight
     from .store import FAILED, KILLED, resolve_tracking_uri
     from .search import build_scheduler, build_searcher, optuna_study
     from .trainable import train_trial
@@ -154,7 +142,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
-    check_data(spec)
+    preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before anything starts
     trials = _planned_trials(spec)
     callbacks = build_callbacks(spec, uri, trials)
     tracking, live = callbacks[0], callbacks[1]

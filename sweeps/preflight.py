@@ -1,0 +1,95 @@
+"""Everything a sweep checks before it starts anything — no Ray, no tracking run, no storage folder: the user's data
+file and the model it must fit, the tracking server, the Ray address, the storage path. Each failure is one line
+naming the field or resource (:class:`PreflightError`, exit status 2), so a mistake costs seconds, not a half-made
+sweep."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from bvae_core.config import ConfigError
+
+from .spec import SweepSpec
+
+
+class PreflightError(ConfigError):
+    """A resource the spec names cannot be used; one line naming the field and why."""
+
+
+def check_data(spec: SweepSpec) -> None:
+    """Read the user's data file once (``DataFileError`` names the file) and build the model on its examples, so
+    that images of the wrong size for the architecture stop the sweep here, not in every trial."""
+    config = spec.base_config
+    if config.dataset.name != "file":
+        return  # generated datasets: their config was validated with the model
+    from bvae_core.data import make_dataset
+    from bvae_core.models import build_model
+
+    dataset = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
+    try:
+        build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
+    except ValueError as exc:
+        raise PreflightError(f"base.{exc} (data: {config.dataset.path})") from None
+
+
+def check_tracking(uri: str) -> None:
+    """An http(s) tracking server must answer (``/health``) before anything starts."""
+    from .store import TrackingError, check_reachable
+
+    try:
+        check_reachable(uri, timeout=10.0)
+    except TrackingError as exc:
+        raise PreflightError(f"tracking.uri: {exc}") from None
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) Ray address must accept a connection; ``auto`` and the embedded
+    default are left to Ray."""
+    if address is None or address == "auto":
+        return
+    target = address.removeprefix("ray://").rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise PreflightError(f"ray.address: expected null, auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"ray.address: nothing answers at {address} ({exc.strerror or exc}); start the cluster "
+                             f"(`ray start --head`, or `ray up ray_cluster.yaml`) or fix the address") from None  # fmt: skip
+
+
+def check_storage(path: str) -> None:
+    """The storage root must be writable: a local folder is created (that is all a sweep writes before Ray), an
+    ``s3://`` prefix gets a probe object written and removed (credentials and endpoint from the standard AWS
+    environment variables)."""
+    if "://" not in path:
+        folder = Path(path)
+        existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+            raise PreflightError(f"storage.path: cannot create {folder}: {existing} is not a writable folder")
+        return
+    if not path.startswith("s3://"):
+        return  # other filesystems (gs://, …): left to Ray
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(path)
+        probe = f"{root.rstrip('/')}/.bvae-write-check-{uuid.uuid4().hex}"
+        with filesystem.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(probe)
+    except OSError as exc:  # pyarrow reports S3 errors (denied, bad keys, no bucket, unreachable) as OSError
+        raise PreflightError(f"storage.path: cannot write to {path} ({' '.join(str(exc).split())[:300]}); check the "
+                             f"bucket and the AWS_* credentials and endpoint") from None  # fmt: skip
+
+
+def preflight(spec: SweepSpec, tracking_uri: str) -> None:
+    """All of the above, cheapest first."""
+    check_ray_address(spec.ray.address)
+    check_storage(spec.storage.path)
+    check_data(spec)
+    check_tracking(tracking_uri)
