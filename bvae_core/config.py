@@ -15,6 +15,8 @@ import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .schedules import ScheduleValue, linear_ramp
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -87,43 +89,85 @@ class ModelConfig(_Strict):
 
 
 # ---------------------------------------------------------------- objective and schedules
-class ConstantSchedule(_Strict):
+# A schedule kind lives in one place: its class below (fields, defaults, what it computes at a step, whether it uses
+# objective.beta, how figures draw it) and its entry in SCHEDULE_KINDS. Nothing else names the kinds.
+class ScheduleConfig(_Strict):
+    """What every schedule kind says about itself."""
+
+    uses_beta: ClassVar[bool] = True  # objective.beta weighs the KL (else it is neither shown nor logged)
+    label: ClassVar[str] = "?"  # the figures' legend
+    marker: ClassVar[str] = "o"  # matplotlib marker
+    symbol: ClassVar[str] = "circle"  # plotly marker symbol
+
+    def value(self, beta: float, step: int) -> ScheduleValue:
+        """β(t), C(t) and free bits at ``step``."""
+        raise NotImplementedError
+
+
+class ConstantSchedule(ScheduleConfig):
     """Plain β-VAE (Higgins et al. 2017): loss = distortion + β·KL."""
 
     kind: Literal["constant"]
-    uses_beta: ClassVar[bool] = True  # objective.beta weighs the KL
+    label: ClassVar[str] = "β-VAE (constant β)"
+
+    def value(self, beta: float, step: int) -> ScheduleValue:
+        return ScheduleValue(beta=beta, capacity=None)
 
 
-class LinearCapacitySchedule(_Strict):
+class LinearCapacitySchedule(ScheduleConfig):
     """Burgess et al. 2018 eq. (2): loss = distortion + γ·|KL − C(t)|, C ramped linearly from 0 to c_max."""
 
     kind: Literal["linear_capacity"]
     uses_beta: ClassVar[bool] = False  # γ weighs |KL − C|: objective.beta is not used
+    label: ClassVar[str] = "controlled capacity (C ramp)"
+    marker: ClassVar[str] = "s"
+    symbol: ClassVar[str] = "square"
     c_max: Annotated[float, Field(ge=0)] = 25.0  # Burgess et al. 2018, §A.2: 25 nats for dSprites
     ramp_steps: PositiveInt = 100_000  # Burgess et al. 2018, §A.2: over 100,000 iterations
     gamma: PositiveFloat = 1000.0  # Burgess et al. 2018, §A.2: γ = 1000
 
+    def value(self, beta: float, step: int) -> ScheduleValue:
+        # Burgess et al. 2018, §3 and §A.2: C increased linearly from 0 to c_max over ramp_steps.
+        return ScheduleValue(beta=self.gamma, capacity=linear_ramp(step, 0.0, self.c_max, self.ramp_steps))
 
-class WarmupSchedule(_Strict):
+
+class WarmupSchedule(ScheduleConfig):
     """KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): β(t) ramps linearly from beta_start to β."""
 
     kind: Literal["warmup"]
-    uses_beta: ClassVar[bool] = True
+    label: ClassVar[str] = "KL warm-up"
+    marker: ClassVar[str] = "^"
+    symbol: ClassVar[str] = "triangle-up"
     warmup_steps: PositiveInt = 10_000
     beta_start: Annotated[float, Field(ge=0)] = 0.0
 
+    def value(self, beta: float, step: int) -> ScheduleValue:
+        return ScheduleValue(beta=linear_ramp(step, self.beta_start, beta, self.warmup_steps), capacity=None)
 
-class FreeBitsSchedule(_Strict):
+
+class FreeBitsSchedule(ScheduleConfig):
     """Free bits (Kingma et al. 2016, eq. 15): each latent's batch-mean KL below `free_bits` nats is not penalised."""
 
     kind: Literal["free_bits"]
-    uses_beta: ClassVar[bool] = True
+    label: ClassVar[str] = "free bits"
+    marker: ClassVar[str] = "D"
+    symbol: ClassVar[str] = "diamond"
     free_bits: Annotated[float, Field(ge=0)] = 0.5
 
+    def value(self, beta: float, step: int) -> ScheduleValue:
+        return ScheduleValue(beta=beta, capacity=None, free_bits=self.free_bits)
 
-Schedule = Annotated[
-    Union[ConstantSchedule, LinearCapacitySchedule, WarmupSchedule, FreeBitsSchedule], Field(discriminator="kind")
-]
+
+#: Every schedule kind: add a class above and name it here.
+SCHEDULE_KINDS: tuple[type[ScheduleConfig], ...] = (ConstantSchedule, LinearCapacitySchedule, WarmupSchedule,
+                                                     FreeBitsSchedule)  # fmt: skip
+Schedule = Annotated[Union[SCHEDULE_KINDS], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+
+def schedule_class(kind: str | None) -> type[ScheduleConfig]:
+    """The class of a schedule kind by name (the base class, with its neutral style, for an unknown one)."""
+    return next((cls for cls in SCHEDULE_KINDS if kind in typing.get_args(cls.model_fields["kind"].annotation)),
+                ScheduleConfig)  # fmt: skip
 
 
 class ObjectiveConfig(_Strict):
@@ -239,7 +283,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     return f"{loc or '<config>'}: {msg[0].lower() + msg[1:]}, got {got!r}"
 
 
-_TAGS = {"dsprites", "blobs", "gaussian", "file", "bernoulli", "constant", "linear_capacity", "warmup", "free_bits"}
+_TAGS = {"dsprites", "blobs", "gaussian", "file", "bernoulli", *(typing.get_args(c.model_fields["kind"].annotation)[0]
+                                                                for c in SCHEDULE_KINDS)}  # fmt: skip
 
 
 def parse_config(data: Any) -> TrainConfig:

@@ -21,15 +21,6 @@ def linear_ramp(step: int, start: float, end: float, steps: int) -> float:
 
 
 def schedule_value(schedule, beta: float, step: int) -> ScheduleValue:
-    """Evaluate a schedule config (see :mod:`bvae_core.config`) at ``step``."""
-    kind = schedule.kind
-    if kind == "constant":
-        return ScheduleValue(beta=beta, capacity=None)
-    if kind == "linear_capacity":
-        # Burgess et al. 2018, §3 and §A.2: C increased linearly from 0 to c_max over ramp_steps.
-        return ScheduleValue(beta=schedule.gamma, capacity=linear_ramp(step, 0.0, schedule.c_max, schedule.ramp_steps))
-    if kind == "warmup":
-        return ScheduleValue(beta=linear_ramp(step, schedule.beta_start, beta, schedule.warmup_steps), capacity=None)
-    if kind == "free_bits":
-        return ScheduleValue(beta=beta, capacity=None, free_bits=schedule.free_bits)
-    raise ValueError(f"objective.schedule.kind: unknown schedule {kind!r}")
+    """Evaluate a schedule config (a :class:`bvae_core.config.ScheduleConfig`, where each kind says what it
+    computes) at ``step``."""
+    return schedule.value(beta, step)

@@ -6,7 +6,10 @@ Off unless the environment variable ``BVAE_FAULTS`` holds a JSON object, read by
 - ``raise_at_step`` (int): a selected trial raises :class:`InjectedFault` once it has trained past this step, in an
   attempt that did not start from a checkpoint — so its retry, restored from its last checkpoint, carries on;
 - ``fraction`` (float, default 1): the share of trials selected, by a hash of the trial id and ``seed``;
-- ``seed`` (int, default 0).
+- ``seed`` (int, default 0);
+- ``kill_driver_at`` (str): the driver process kills itself (SIGKILL, as a lost machine would) at that moment:
+  ``first_report`` (the first result reaches the driver, before it is tracked) or ``final_frontier`` (every
+  trial has ended; the final frontier is being published).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 ENV = "BVAE_FAULTS"
@@ -28,6 +33,7 @@ class FaultPlan:
     raise_at_step: int | None = None
     fraction: float = 1.0
     seed: int = 0
+    kill_driver_at: str | None = None
 
     def selects(self, trial_id: str) -> bool:
         digest = hashlib.sha256(f"{self.seed}:{trial_id}".encode()).digest()
@@ -39,12 +45,26 @@ class FaultPlan:
             raise InjectedFault(f"{ENV}: trial {trial_id} failed on purpose at step {step}")
 
 
+KILL_MOMENTS = ("first_report", "final_frontier")
+
+
+def kill_driver_if_planned(moment: str) -> None:
+    """SIGKILL this (driver) process if ``BVAE_FAULTS`` plans it at ``moment``."""
+    plan = fault_plan()
+    if plan is not None and plan.kill_driver_at == moment:
+        print(f"{ENV}: killing the driver at {moment}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def fault_plan() -> FaultPlan | None:
     """The plan in ``BVAE_FAULTS``, or None when it is unset."""
     text = os.environ.get(ENV)
     if not text:
         return None
     try:
-        return FaultPlan(**json.loads(text))
+        plan = FaultPlan(**json.loads(text))
+        if plan.kill_driver_at not in (None, *KILL_MOMENTS):
+            raise ValueError(f"kill_driver_at: expected one of {', '.join(KILL_MOMENTS)}")
+        return plan
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{ENV}: expected a JSON object with raise_at_step, fraction, seed; got {text!r} ({exc})") from None

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bvae_core.atomic import write_atomically
+
 from .store import TABLE_METRICS, TAG_CONFIG, TAG_ON_FRONTIER, TAG_STATUS, TAG_TRIAL_ID, SweepNotFound, SweepRef, child_runs
 from .store import find_sweep  # noqa: F401 - the CLI and tests find sweeps here too
 
@@ -149,12 +151,9 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(to_table(rows), tmp)
-    tmp.replace(path)
-    return path
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_table(rows), sink)
+    return write_atomically(path, sink.getvalue().to_pybytes())
 
 
 def read_parquet(path: str | Path) -> list[dict[str, Any]]:

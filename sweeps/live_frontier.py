@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ray.tune import Callback
 
+from .faults import kill_driver_if_planned
 from .frontier import DEFAULT_REFERENCE_RATE, TAG_ON_FRONTIER, SweepRef, collect_rows, hypervolume_2d, rank_rows, write_parquet
 from .frontier_plots import html_page, png_bytes, reference_curves
 from .spec import parse_spec
@@ -158,5 +159,6 @@ class LiveFrontier(Callback):
         self.update()
 
     def on_experiment_end(self, trials, **info):
+        kill_driver_if_planned("final_frontier")
         self._finished = self._count_finished(trials)
         self.update()

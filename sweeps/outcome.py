@@ -21,6 +21,9 @@ from typing import Any
 #: Set by the trainable on the report after its last training step: the trial ran to the end.
 DONE_KEY = "done_training"
 
+#: A one-line notice a trial reports once (e.g. "checkpoint … is unreadable; restored from …"): shown and tagged.
+NOTICE_KEY = "notice"
+
 #: The objectives every trial reports (a frontier point needs both).
 POINT_METRICS = ("rate", "distortion")
 

@@ -7,6 +7,7 @@ the project's own lines come first and every other warning still shows.
 | MLflow (`mlflow.pytorch`) | "Saving pytorch model by Pickle … requires exercising caution" | `bvae pick --register` saves the VAE class on purpose (`pt2` loses `encode`/`decode`); the user's own store |
 | MLflow (`mlflow.pytorch`) | "Stored model version '2.13.0+cpu' does not match installed PyTorch version '2.13.0'" | a local build label, not a version difference |
 | MLflow | artifact download/upload progress bars | one small checkpoint |
+| MLflow | "🏃 View run … at: http://…" on stdout for every run ended on a server | one line per trial in the middle of the summary; the sweep prints where to look |
 | Ray (`…authentication_token_setup`) | "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out" | the embedded Ray keeps Ray's secure default (token auth, on 127.0.0.1); nothing to do |
 
 The opposite notice ("Token authentication is *disabled* … Anyone with network access …") is kept: it concerns the
@@ -40,6 +41,7 @@ class _DropMatching(logging.Filter):
 def quiet_third_party() -> None:
     """Install the filters above (idempotent) and turn MLflow's artifact progress bars off unless asked for."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "🏃 View run …" per trial on stdout
     for name, pattern in _SILENCED.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMatching) for f in logger.filters):

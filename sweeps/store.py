@@ -36,6 +36,7 @@ TAG_SWEEP_KEY = "bvae.sweep_key"
 TAG_TRIAL_ID = "bvae.trial_id"
 TAG_STATUS = "bvae.status"
 TAG_REASON = "bvae.reason"  # why a trial did not complete (one line)
+TAG_NOTICE = "bvae.notice"  # something the user should know about the trial (e.g. a checkpoint fallback)
 TAG_RETRIES = "bvae.retries"  # times a trial was retried from its checkpoint
 TAG_ON_FRONTIER = "bvae.on_frontier"
 TAG_CONFIG = "bvae.config."  # + beta, latent_dim, schedule, c_max, gamma, seed, …: the trial's resolved config

@@ -34,7 +34,8 @@ from ray.tune import Callback
 
 from bvae_core.config import objective_settings
 
-from .outcome import trial_outcome
+from .faults import kill_driver_if_planned
+from .outcome import NOTICE_KEY, trial_outcome
 from .store import (
     CONTRACT_METRICS,
     FAILED,
@@ -42,6 +43,7 @@ from .store import (
     KILLED,
     RUNNING,
     TAG_CONFIG,
+    TAG_NOTICE,
     TAG_PARENT,
     TAG_REASON,
     TAG_RETRIES,
@@ -393,15 +395,21 @@ class MLflowTracking(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric, Param
 
+        kill_driver_if_planned("first_report")
         start = time.perf_counter()
         self._last_results[trial.trial_id] = result
         extra = result.get("metric_params")  # the disentanglement metrics' parameters
         params = [Param(f"eval.{k}", _param_value(v)) for k, v in extra.items()] if isinstance(extra, Mapping) else []
         step, now = _result_step(result), int(time.time() * 1000)
         metrics = [Metric(key=k, value=v, timestamp=now, step=step) for k, v in contract_metrics(result).items()]
+        notice = result.get(NOTICE_KEY)
+        if notice:
+            logger.warning("trial %s: %s", trial.trial_id, notice)
 
         def write() -> None:
             run_id = self._ensure_child(trial)
+            if notice:
+                self.client.set_tag(run_id, TAG_NOTICE, str(notice)[:5000])
             for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True)
             for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):

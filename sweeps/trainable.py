@@ -13,11 +13,12 @@ import torch
 from ray import tune
 
 from bvae_core import NonFiniteLossError, Trainer
+from bvae_core.atomic import torch_bytes, write_atomically
 from bvae_core.data import Dataset, GroundTruthDataset, make_dataset
 from bvae_core.trainer import resolve_device
 
 from .faults import fault_plan
-from .outcome import DONE_KEY
+from .outcome import DONE_KEY, NOTICE_KEY
 from .spec import parse_spec
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -58,13 +59,9 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     faults, trial_id = fault_plan(), tune.get_context().get_trial_id()
     history: list[dict[str, float]] = []
+    notice = None
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-            state.setdefault("optimizer", trainer.optimizer.state_dict())  # a final checkpoint has none (it trains no more)
-            trainer.load_state_dict(state)
-            if (Path(folder) / HISTORY_FILE).exists():
-                history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+        history, notice = _restore(trainer, checkpoint)
     total, latest_train = config.train.steps, {}
     # Always end with a report: a trial restored from its final checkpoint (it finished, but the driver died before
     # Tune recorded that) reports its final, deterministic evaluation again instead of ending with no result.
@@ -82,6 +79,8 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         metrics = trainer.evaluate()
         metrics.update({k: v for k, v in latest_train.items() if k.startswith("train/")})
         metrics[DONE_KEY] = trainer.step >= total
+        if notice:
+            metrics[NOTICE_KEY], notice = notice, None  # said once, on the first report after the restore
         if metrics[DONE_KEY] and sweep.eval.metrics:
             metrics.update(_disentanglement(trainer, sweep.eval.metrics, sweep.eval.preset, config.seed))
         if not history or history[-1]["step"] != trainer.step:
@@ -99,13 +98,63 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
             return
 
 
+class CheckpointError(RuntimeError):
+    """None of a trial's checkpoints can be read."""
+
+
+def _load(trainer: Trainer, checkpoint: tune.Checkpoint) -> list[dict[str, float]]:
+    with checkpoint.as_directory() as folder:
+        try:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - torch reports a truncated or corrupt file in several ways
+            raise CheckpointError(f"{checkpoint.path}/{CHECKPOINT_FILE} is unreadable ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]})") from None  # fmt: skip
+        history_file = Path(folder) / HISTORY_FILE
+        history = json.loads(history_file.read_text()) if history_file.exists() else []
+    state.setdefault("optimizer", trainer.optimizer.state_dict())  # a final checkpoint has none (it trains no more)
+    trainer.load_state_dict(state)
+    return history
+
+
+def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other checkpoints that Tune kept (``checkpoint_NNNNNN`` beside this one), newest first."""
+    import posixpath
+    import re
+
+    import pyarrow.fs as pafs
+
+    parent, name = posixpath.split(checkpoint.path.rstrip("/"))
+    found = re.fullmatch(r"checkpoint_(\d+)", name)
+    if found is None:
+        return []
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = [(int(m.group(1)), info.path) for info in infos if info.type == pafs.FileType.Directory
+             and (m := re.fullmatch(r"checkpoint_(\d+)", info.base_name)) and int(m.group(1)) < int(found.group(1))]  # fmt: skip
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]
+
+
+def _restore(trainer: Trainer, checkpoint: tune.Checkpoint) -> tuple[list[dict[str, float]], str | None]:
+    """Load the trial's latest checkpoint; if it cannot be read (truncated, corrupt), say which file and fall back to
+    the previous checkpoint Tune kept. Returns (history, the notice to report or None)."""
+    problems: list[str] = []
+    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+        try:
+            history = _load(trainer, candidate)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        return history, (f"{'; '.join(problems)}; restored from {candidate.path} (step {trainer.step})"
+                         if problems else None)  # fmt: skip
+    raise CheckpointError("; ".join(problems) + "; no earlier checkpoint to restore from")
+
+
 def _save_final(trainer: Trainer, path: Path) -> None:
     """The last checkpoint of a finished trial, without the optimizer state: nothing trains from it again (a restore
     only re-reports it; ``bvae pick --register`` needs the model), and Adam's two moments are twice the model's size
-    (quickstart: 2.6 MB instead of 7.9 MB, also in the tracking store's copy)."""
+    (quickstart: 2.7 MB instead of 8.0 MB, also in the tracking store's copy)."""
     state = trainer.state_dict()
     del state["optimizer"]
-    torch.save(state, path)
+    write_atomically(path, torch_bytes(state))
 
 
 def _disentanglement(trainer: Trainer, names: list[str], preset: str, seed: int) -> dict[str, Any]:

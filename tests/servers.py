@@ -1,4 +1,4 @@
-"""Start and stop the real servers the end-to-end tests talk to, all on 127.0.0.1 (STACK.md "Servers, as started
+"""Start and stop the real servers the end-to-end tests talk to, all on 127.0.0.1 (docs/operations.md "Servers, as started
 here"): moto's S3-compatible server and an MLflow tracking server whose artifacts live in a moto bucket.
 
 Each server runs in a session of its own (``start_new_session=True``), so its process group id is its pid: ``stop()``
@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: No calls home and no cloud metadata probes from the servers or from the clients in this process (STACK.md).
+#: No calls home and no cloud metadata probes from the servers or from the clients in this process (docs/operations.md).
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -62,6 +62,7 @@ class Server:
     proc: subprocess.Popen
     log_path: Path
     probe: str = "/"  # a path that answers 2xx once the server is up
+    leader_first: bool = False  # stop: SIGTERM the leader alone first (it shuts its children down), then the group
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -107,6 +108,10 @@ class Server:
             return
         self._stopped = True
         if self.proc.poll() is None or self._group_alive():
+            if self.leader_first and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout / 2)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
@@ -196,7 +201,8 @@ def create_bucket(endpoint: str, name: str) -> None:
     s3.create_bucket(Bucket=name)
 
 
-def start_mlflow(db_path: Path, artifacts_destination: str, s3_endpoint: str, timeout: float | None = 90.0) -> Server:
+def start_mlflow(db_path: Path, artifacts_destination: str, s3_endpoint: str, timeout: float | None = 90.0,
+                 port: int | None = None) -> Server:  # fmt: skip
     """``mlflow server`` on 127.0.0.1, one worker, no job-execution processes, a sqlite backend at ``db_path`` and
     artifacts proxied to ``artifacts_destination`` (``s3://bucket/prefix`` on the S3 server at ``s3_endpoint``).
     Its log goes beside the database (``mlflow.log``). It takes 6–30 s to answer (two Python processes import
@@ -208,6 +214,9 @@ def start_mlflow(db_path: Path, artifacts_destination: str, s3_endpoint: str, ti
                 "--backend-store-uri", f"sqlite:///{db_path}", "--artifacts-destination", artifacts_destination]  # fmt: skip
 
     env = server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_S3_ENDPOINT_URL=s3_endpoint)
+    if port is not None:  # a fixed port: a server restarted where its clients expect it
+        server = _spawn("mlflow", argv(port), db_path.parent / "mlflow.log", env, f"http://127.0.0.1:{port}", "/health")
+        return server if timeout is None else server.wait_ready(timeout)
     return _start("mlflow", argv, db_path.parent, env, "/health", timeout)
 
 
@@ -221,3 +230,122 @@ def logs_on_error(*servers: Server, chars: int = 3000):
             print(f"----- {server.name} (pid {server.pid}, {server.url}) log {server.log_path} -----")
             print(server.log_tail(chars, noise=("/static-files/",)))  # the UI's own JS and CSS: hundreds of lines
         raise
+
+
+# ---------------------------------------------------------------- Ray nodes (a multi-node cluster on one host)
+#: Every Ray process here and every client: loopback only, no token files, a 1 s drain on stop.
+#: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps a node (and every process it starts) on 127.0.0.1 — with it unset,
+#: Ray rewrites 127.0.0.1, even in --node-ip-address and --address, to the machine's routable address — but then
+#: `ray start --address` refuses to join a cluster; see `_JOIN_ON_LOOPBACK`.
+RAY_NODE_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
+
+#: ``ray start`` for a node that joins a cluster on 127.0.0.1: in that one process (not in the raylet, agents and
+#: workers it starts, which keep RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), allow joining and keep loopback addresses as
+#: they are, so the node registers as 127.0.0.1 and talks to the head on 127.0.0.1 only.
+_JOIN_ON_LOOPBACK = (
+    "import sys; import ray._private.ray_constants as c, ray._private.services as s; "
+    "c.ENABLE_RAY_CLUSTER = True; s.resolve_ip_for_localhost = lambda host: host; "
+    "s.get_node_ip_address = lambda address=None: '127.0.0.1'; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+
+
+def ray_temp_dir() -> Path:
+    """A short temp dir for a Ray cluster: its unix sockets live under it (107-byte path limit)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="bvr", dir="/tmp"))
+
+
+@dataclass
+class RayNode:
+    """A node started with ``ray start --block`` in a session of its own: ``server.stop()`` ends that node only."""
+
+    server: Server
+    gcs_address: str
+    dashboard_url: str | None = None
+    temp_dir: Path | None = None  # removed on stop: this node's own sessions, sockets and runtime_env files
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def stop(self) -> None:
+        self.server.stop(timeout=20)
+        if self.temp_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def raylet_pid(self) -> int:
+        """The pid of this node's raylet (a child of its ``ray start``), read from /proc."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                text = stat.read_text()
+                name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+                if name == "raylet" and int(rest[1]) == self.pid:
+                    return int(stat.parent.name)
+        raise LookupError(f"no raylet under ray start pid {self.pid}")
+
+
+def _ray_argv(*args: str, join: bool = False) -> list[str]:
+    ray = [sys.executable, "-c", _JOIN_ON_LOOPBACK] if join else [str(_BIN / "ray")]
+    return [*ray, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args]  # fmt: skip
+
+
+def start_ray_head(tmp: Path, temp_dir: Path, *, num_cpus: int = 0, env: dict[str, str] | None = None,
+                   timeout: float = 150.0) -> RayNode:  # fmt: skip
+    """``ray start --head`` on 127.0.0.1 with its dashboard (Jobs API) on a free port; ``num_cpus=0`` as on the
+    cluster: no trial lands on the head. Returns when the Jobs API answers."""
+    port, dash = free_port(), free_port()
+    argv = _ray_argv("--head", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
+                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
+                     f"--ray-client-server-port={free_port()}")  # fmt: skip
+    tmp.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{dash}"
+    server = _spawn("ray-head", argv, tmp / "ray-head.log", server_env(**{**RAY_NODE_ENV, **(env or {})}), url,
+                    "/api/version")  # fmt: skip
+    server.leader_first = True
+    node = RayNode(server, f"127.0.0.1:{port}", url)
+    server.wait_ready(timeout)
+    return node
+
+
+def start_ray_worker(tmp: Path, head: RayNode, *, num_cpus: int = 2, name: str = "ray-worker",
+                     env: dict[str, str] | None = None, timeout: float = 120.0) -> RayNode:  # fmt: skip
+    """``ray start --address`` on 127.0.0.1; returns when the head lists one more ALIVE node. The node gets a temp
+    dir of its own: nodes that share one also share their runtime_env folders, and a worker re-extracting a job's
+    working_dir there deletes the folder the job's driver (on the head) runs in."""
+    before = {n["node_id"] for n in alive_nodes(head.dashboard_url) if not n.get("is_head_node")}
+    temp_dir = ray_temp_dir()
+    argv = _ray_argv(f"--address={head.gcs_address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+                     f"--temp-dir={temp_dir}", join=True)  # fmt: skip
+    server = _spawn(name, argv, Path(tmp) / f"{name}.log", server_env(**{**RAY_NODE_ENV, **(env or {})}),
+                    head.dashboard_url, "/api/version")  # fmt: skip
+    server.leader_first = True
+    node = RayNode(server, head.gcs_address, temp_dir=temp_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            node.stop()
+            raise ServerFailed(server, f"exited with {server.proc.returncode} before joining")
+        if {n["node_id"] for n in alive_nodes(head.dashboard_url) if not n.get("is_head_node")} - before:
+            with contextlib.suppress(LookupError):
+                node.raylet_pid()
+                return node
+        time.sleep(0.5)
+    node.stop()
+    raise ServerFailed(server, f"did not join {head.gcs_address} within {timeout:.0f} s")
+
+
+def alive_nodes(dashboard_url: str) -> list[dict]:
+    """The ALIVE nodes of a cluster (Ray's state API through the dashboard): node_id, node_ip, resources_total…"""
+    import json
+
+    body = _answers(f"{dashboard_url}/api/v0/nodes?limit=100", timeout=10)
+    if body is None:
+        return []
+    rows = json.loads(body)["data"]["result"]["result"]
+    return [n for n in rows if n.get("state") == "ALIVE"]

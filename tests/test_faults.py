@@ -111,6 +111,45 @@ def test_resume_with_another_tracking_uri_logs_the_resumed_trials_there(tmp_path
     assert [r.info.status for r in old_after] == [r.info.status for r in old]  # the old store was not written to
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["first_report", "final_frontier"])
+def test_a_driver_killed_then_resumed_completes_with_one_run_per_trial(tmp_path, moment):
+    data = _spec(tmp_path, "killed", trials=3)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    killed = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"kill_driver_at": moment})
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, as a lost machine
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "3/3 trials completed" in resumed.stdout
+    client, parent, runs = _runs(data["tracking"]["uri"], "killed", str(tmp_path / "ray_results" / "killed"))
+    assert len(runs) == len({r.data.tags["bvae.trial_id"] for r in runs}) == 3
+    assert all(r.info.status == "FINISHED" for r in runs) and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"frontier.parquet", "rd_frontier.png"} <= artifacts  # the final frontier was published
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_at_resume_is_named_and_the_previous_one_used(tmp_path):
+    data = _spec(tmp_path, "corrupt", trials=1, max_failures=0)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 250})  # errors after 2 checkpoints
+    assert first.returncode == 0 and "0/1 trials completed" in first.stdout, first.stderr[-3000:]
+    checkpoints = sorted((tmp_path / "ray_results" / "corrupt").glob("*/checkpoint_*/checkpoint.pt"))
+    assert len(checkpoints) == 2
+    latest = checkpoints[-1]
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated, as by a lost disk write
+
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1/1 trials completed" in resumed.stdout
+    line = next(l for l in resumed.stderr.splitlines() if "is unreadable" in l)
+    assert str(latest) in line and f"restored from {checkpoints[0].parent}" in line and "(step 100)" in line
+    client, _, runs = _runs(data["tracking"]["uri"], "corrupt", str(tmp_path / "ray_results" / "corrupt"))
+    assert runs[0].info.status == "FINISHED" and "is unreadable" in runs[0].data.tags["bvae.notice"]
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "rate")]
+    assert max(steps) == 300 and steps.count(200) == 2  # step 200 trained again from the checkpoint at 100
+
+
 def test_the_parent_run_ends_failed_when_ray_cannot_start(tmp_path, monkeypatch):
     data = _spec(tmp_path, "noray", trials=2)
 

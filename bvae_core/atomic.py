@@ -1,0 +1,42 @@
+"""Files written whole or not at all: a checkpoint or a table is written beside its destination and renamed over it,
+so a full disk, a kill or a crash mid-write leaves the previous file as it was and no partial file behind."""
+
+from __future__ import annotations
+
+import os
+import io
+from pathlib import Path
+from typing import Any
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, and rename it over ``path``. On failure
+    the temporary file is removed and an ``OSError`` names ``path`` (e.g. "No space left on device"); ``path``
+    itself is untouched. The content is serialised in memory first (see :func:`torch_bytes`), so that a failed
+    write is an ``OSError`` from the file system, not a library's own error about a broken stream."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot write {path}: {reason}; the previous file, if any, is intact") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def torch_bytes(obj: Any) -> memoryview:
+    """``torch.save(obj)`` as bytes in memory."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
