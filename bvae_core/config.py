@@ -96,8 +96,8 @@ class ScheduleConfig(_Strict):
 
     uses_beta: ClassVar[bool] = True  # objective.beta weighs the KL (else it is neither shown nor logged)
     label: ClassVar[str] = "?"  # the figures' legend
-    marker: ClassVar[str] = "o"  # matplotlib marker
-    symbol: ClassVar[str] = "circle"  # plotly marker symbol
+    marker: ClassVar[str] = "P"  # matplotlib marker
+    symbol: ClassVar[str] = "cross"  # plotly marker symbol
 
     def value(self, beta: float, step: int) -> ScheduleValue:
         """β(t), C(t) and free bits at ``step``."""
@@ -109,6 +109,8 @@ class ConstantSchedule(ScheduleConfig):
 
     kind: Literal["constant"]
     label: ClassVar[str] = "β-VAE (constant β)"
+    marker: ClassVar[str] = "o"
+    symbol: ClassVar[str] = "circle"
 
     def value(self, beta: float, step: int) -> ScheduleValue:
         return ScheduleValue(beta=beta, capacity=None)

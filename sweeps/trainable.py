@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +95,29 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
             if metrics[DONE_KEY]:
                 _write_trial_plots(trainer, metrics, history, Path(folder))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            _report(metrics, folder)
         if metrics[DONE_KEY]:
             return
+
+
+#: Seconds between attempts to store a checkpoint whose upload failed (an S3 hiccup): ~1 minute survived in all.
+REPORT_RETRY_S = (2.0, 4.0, 8.0, 16.0, 30.0)
+
+
+def _report(metrics: dict[str, Any], folder: str) -> None:
+    """``tune.report`` with the checkpoint in ``folder``, retried when storing it fails (``OSError``: the storage is
+    unreachable or refused the write). Tune registers a checkpoint only once every file is stored, so a half-written
+    one is never restored; a retry writes a new one."""
+    for wait in (*REPORT_RETRY_S, None):
+        try:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            return
+        except OSError as exc:
+            if wait is None:
+                raise
+            print(f"storing the checkpoint failed ({' '.join(str(exc).split())[:300]}); retrying in {wait:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            time.sleep(wait)
 
 
 class CheckpointError(RuntimeError):
@@ -103,14 +125,14 @@ class CheckpointError(RuntimeError):
 
 
 def _load(trainer: Trainer, checkpoint: tune.Checkpoint) -> list[dict[str, float]]:
-    with checkpoint.as_directory() as folder:
-        try:
+    try:
+        with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - torch reports a truncated or corrupt file in several ways
-            raise CheckpointError(f"{checkpoint.path}/{CHECKPOINT_FILE} is unreadable ({type(exc).__name__}: "
-                                  f"{' '.join(str(exc).split())[:200]})") from None  # fmt: skip
-        history_file = Path(folder) / HISTORY_FILE
-        history = json.loads(history_file.read_text()) if history_file.exists() else []
+            history_file = Path(folder) / HISTORY_FILE
+            history = json.loads(history_file.read_text()) if history_file.exists() else []
+    except Exception as exc:  # noqa: BLE001 - a truncated, corrupt or half-stored checkpoint fails in many ways
+        raise CheckpointError(f"{checkpoint.path}/{CHECKPOINT_FILE} is unreadable ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]})") from None  # fmt: skip
     state.setdefault("optimizer", trainer.optimizer.state_dict())  # a final checkpoint has none (it trains no more)
     trainer.load_state_dict(state)
     return history
@@ -149,11 +171,11 @@ def _restore(trainer: Trainer, checkpoint: tune.Checkpoint) -> tuple[list[dict[s
 
 
 def _save_final(trainer: Trainer, path: Path) -> None:
-    """The last checkpoint of a finished trial, without the optimizer state: nothing trains from it again (a restore
-    only re-reports it; ``bvae pick --register`` needs the model), and Adam's two moments are twice the model's size
-    (quickstart: 2.7 MB instead of 8.0 MB, also in the tracking store's copy)."""
-    state = trainer.state_dict()
-    del state["optimizer"]
+    """The last checkpoint of a finished trial, without optimizer state (``optimizer``, ``capacity_optimizer``):
+    nothing trains from it again (a restore only re-reports it; ``bvae pick --register`` needs the model), and
+    Adam's two moments are twice the model's size (quickstart: 2.7 MB instead of 8.0 MB, 10.6 MB for a capacity
+    schedule; also in the tracking store's copy)."""
+    state = {key: value for key, value in trainer.state_dict().items() if not key.endswith("optimizer")}
     write_atomically(path, torch_bytes(state))
 
 

@@ -20,11 +20,13 @@ Usable as plain helpers or from pytest fixtures::
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -349,3 +351,72 @@ def alive_nodes(dashboard_url: str) -> list[dict]:
         return []
     rows = json.loads(body)["data"]["result"]["result"]
     return [n for n in rows if n.get("state") == "ALIVE"]
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """An HTTP proxy on 127.0.0.1 in front of a real server (MLflow, moto S3) that answers ``status`` instead of
+    forwarding whenever ``should_fail(method, path)`` says so — a server that is briefly broken, on demand. Serves
+    from a daemon thread once made; ``shutdown()`` stops it."""
+
+    def __init__(self, upstream: str, should_fail, status: int = 500):
+        self.upstream, self.should_fail, self.status, self.refused = upstream.rstrip("/"), should_fail, status, 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: FlakyProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = bytearray()
+        while True:  # HTTP/1.1 chunked transfer coding (RFC 9112 §7.1), as the S3 clients send uploads
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailer fields
+                    pass
+                return bytes(body)
+            body += self.rfile.read(size)
+            self.rfile.readline()
+
+    def _forward(self) -> None:
+        body = self._body()
+        with self.server.lock:
+            fail = self.server.should_fail(self.command, self.path)
+            self.server.refused += int(bool(fail))
+        if fail:
+            self.send_response(self.server.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        send = body if body or self.command in ("PUT", "POST", "PATCH") else None  # an empty PUT still says 0 bytes
+        request = urllib.request.Request(self.server.upstream + self.path, data=send, method=self.command,
+                                         headers={k: v for k, v in self.headers.items()
+                                                  if k.lower() not in ("host", "expect", "transfer-encoding",
+                                                                       "content-length")})  # fmt: skip
+        try:
+            with _DIRECT.open(request, timeout=60) as response:
+                status, headers, payload = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, headers, payload = exc.code, exc.headers, exc.read()
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        head = self.command == "HEAD"  # a HEAD answer says the size of what a GET would send
+        self.send_header("Content-Length", headers.get("Content-Length", "0") if head else str(len(payload)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward

@@ -4,14 +4,11 @@ real MLflow server on 127.0.0.1, a real sweep in its own process (a real local R
 
 from __future__ import annotations
 
-import http.server
 import os
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from mlflow import MlflowClient
 
 from sweeps.store import child_runs, find_parent_run
 
-from servers import _DIRECT, create_bucket, free_port, logs_on_error, start_mlflow, start_moto
+from servers import FlakyProxy, create_bucket, free_port, logs_on_error, start_mlflow, start_moto
 
 pytestmark = pytest.mark.slow
 
@@ -110,58 +107,18 @@ def test_a_tracking_server_stopped_for_15_s_mid_sweep_loses_nothing(s3, tmp_path
         tracking.stop()
 
 
-class _FlakyProxy(http.server.ThreadingHTTPServer):
-    """Forwards to the real tracking server, or answers 500 to everything while ``failing`` is set."""
-
-    def __init__(self, upstream: str):
-        self.upstream, self.failing, self.refused = upstream, threading.Event(), 0
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    server: _FlakyProxy
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.server.failing.is_set():
-            self.server.refused += 1
-            self.send_response(500)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        request = urllib.request.Request(self.server.upstream + self.path, data=body or None, method=self.command,
-                                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})  # fmt: skip
-        try:
-            with _DIRECT.open(request, timeout=60) as response:
-                status, headers, payload = response.status, response.headers, response.read()
-        except urllib.error.HTTPError as exc:
-            status, headers, payload = exc.code, exc.headers, exc.read()
-        self.send_response(status)
-        for key, value in headers.items():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
-
-
 def test_a_tracking_server_answering_500s_mid_sweep_loses_nothing(s3, tmp_path):
     tracking = start_mlflow(tmp_path / "mlflow.db", "s3://artifacts/flaky", s3.url)
-    proxy = _FlakyProxy(tracking.url)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    uri = f"http://127.0.0.1:{proxy.server_address[1]}"
+    failing = threading.Event()
+    proxy = FlakyProxy(tracking.url, lambda method, path: failing.is_set())
+    uri = proxy.url
     driver = _start_sweep(tmp_path, _spec(tmp_path, uri))
     try:
         with logs_on_error(tracking):
             _wait(lambda: _metrics_logged(tracking.url) >= 2, 300, "the sweep's first metrics")
-            proxy.failing.set()
+            failing.set()
             time.sleep(15)
-            proxy.failing.clear()
+            failing.clear()
             assert proxy.refused > 0  # the sweep did talk to it while it failed
             _assert_nothing_lost(tmp_path, tracking.url, driver)
     finally:
