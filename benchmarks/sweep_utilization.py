@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import os
 
-# No calls home, Ray on loopback: before anything imports ray or mlflow (STACK.md).
+# No calls home, Ray on loopback: before anything imports ray or mlflow (docs/operations.md).
 for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",

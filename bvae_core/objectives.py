@@ -1,6 +1,6 @@
 """Likelihoods, the Gaussian KL and the two objectives (β-VAE and controlled capacity).
 
-Every term is a sum over dimensions per example, in nats (DESIGN §3): never a per-pixel mean, which would silently
+Every term is a sum over dimensions per example, in nats (docs/contracts.md): never a per-pixel mean, which would silently
 rescale β by the number of pixels.
 """
 
@@ -58,7 +58,7 @@ class Bernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """Fixed-σ Gaussian: −log p = SSE/(2σ²) + const, so β-VAE's optimum sits at water level θ = σ²β (DESIGN §3)."""
+    """Fixed-σ Gaussian: −log p = SSE/(2σ²) + const, so β-VAE's optimum sits at water level θ = σ²β (docs/contracts.md)."""
 
     kind = "gaussian"
 
@@ -90,6 +90,16 @@ def beta_vae_loss(distortion: Tensor, kl_per_dim: Tensor, beta: float, free_bits
     return distortion.mean() + beta * kl_dims.sum()
 
 
-def capacity_loss(distortion: Tensor, kl_per_dim: Tensor, capacity: float, gamma: float) -> Tensor:
+def capacity_penalty(kl_per_dim: Tensor, capacity: float | Tensor, gamma: float | Tensor) -> Tensor:
+    """The capacity term of Burgess et al. 2018, eq. (2): γ·|KL − C|, with KL the batch-mean total KL in nats.
+
+    Its gradient is ±γ·∇KL, the sign set by which side of C the batch's KL falls. With γ = 1000 (§A.2) that is
+    ~300× the reconstruction's gradient on the encoder, and near the target the sign flips from batch to batch: it
+    averages out of Adam's first moment but not out of its second, so the Trainer gives this term moment estimates
+    of its own (see ``Trainer._capacity_step``)."""
+    return gamma * (kl_per_dim.sum(1).mean() - capacity).abs()
+
+
+def capacity_loss(distortion: Tensor, kl_per_dim: Tensor, capacity: float | Tensor, gamma: float | Tensor) -> Tensor:
     """Burgess et al. 2018, eq. (2) as a loss: E[−log p(x|z)] + γ·|KL − C|, with KL the batch-mean total KL."""
-    return distortion.mean() + gamma * (kl_per_dim.sum(1).mean() - capacity).abs()
+    return distortion.mean() + capacity_penalty(kl_per_dim, capacity, gamma)

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from .config import schedule_class  # noqa: E402
 from .data.base import Dataset  # noqa: E402
 from .models import VAE  # noqa: E402
 from .objectives import Likelihood  # noqa: E402
@@ -72,30 +73,51 @@ def traversals(model: VAE, likelihood: Likelihood, x: torch.Tensor, kl_per_dim: 
     return _image_grid(images, len(order), steps, labels, f"traversals z ∈ [−{limit}, {limit}], rows by KL (nats)")
 
 
-def kl_per_dimension(kl_per_dim: list[float]) -> Figure:
-    """Bar chart of each latent's mean KL in nats, sorted."""
+def kl_per_dimension(kl_per_dim: list[float], mi_per_dim: list[float] | None = None) -> Figure:
+    """Bar chart of each latent's mean KL in nats, sorted; with ``mi_per_dim`` each KL bar has its mutual
+    information I(x; z_i) beside it (``mi/<i>``), so a latent whose KL encodes nothing (KL ≫ MI) stands out."""
     order = sorted(range(len(kl_per_dim)), key=lambda i: -kl_per_dim[i])
-    fig, ax = plt.subplots(figsize=(max(3, 0.4 * len(order) + 1), 2.6))
-    ax.bar(range(len(order)), [kl_per_dim[i] for i in order], color="tab:blue")
-    ax.set_xticks(range(len(order)), [f"z{i}" for i in order], fontsize=7)
-    ax.set_ylabel("KL (nats)")
-    ax.set_title(f"KL per latent (total {sum(kl_per_dim):.2f} nats)", fontsize=9)
+    fig, ax = plt.subplots(figsize=(max(4 if mi_per_dim else 3, (0.6 if mi_per_dim else 0.4) * len(order) + 1), 2.6))
+    pos = list(range(len(order)))
+    width = 0.4 if mi_per_dim else 0.8
+    shift = width / 2 if mi_per_dim else 0.0
+    ax.bar([p - shift for p in pos], [kl_per_dim[i] for i in order], width, color="tab:blue", label="KL")
+    title = f"KL per latent (total {sum(kl_per_dim):.2f} nats)"
+    if mi_per_dim:
+        ax.bar([p + shift for p in pos], [mi_per_dim[i] for i in order], width, color="tab:orange",
+               label="I(x; z_i)")  # fmt: skip
+        ax.legend(fontsize=7, frameon=False)
+        title = f"KL and I(x; z_i) per latent (rate {sum(kl_per_dim):.2f} nats)"
+    ax.set_xticks(pos, [f"z{i}" for i in order], fontsize=7)
+    ax.set_ylabel("nats")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 
+#: Held-out examples shown by the reconstructions (4 of each dSprites shape) and the seed that picks them: fixed, so
+#: every trial of a sweep shows the same examples and their figures compare side by side.
+FIGURE_EXAMPLES = 12
+FIGURE_SEED = 0
+
+
 def save_model_plots(model: VAE, likelihood: Likelihood, dataset: Dataset, metrics: dict[str, float],
                      out_dir: str | Path) -> list[Path]:  # fmt: skip
-    """Write ``kl_per_dim.png`` and, for image data, ``reconstructions.png`` and ``traversals.png``."""
+    """Write ``kl_per_dim.png`` and, for image data, ``reconstructions.png`` and ``traversals.png``.
+
+    Both image figures use :meth:`Dataset.figure_batch` (``FIGURE_EXAMPLES`` held-out examples spread over every
+    factor, seed ``FIGURE_SEED``); the traversals start from its middle example."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     kl = [metrics[f"kl/{i}"] for i in range(model.latent_dim)]
-    figures = {"kl_per_dim.png": kl_per_dimension(kl)}
+    mi = [metrics[f"mi/{i}"] for i in range(model.latent_dim)] if "mi/0" in metrics else None
+    figures = {"kl_per_dim.png": kl_per_dimension(kl, mi)}
     if dataset.is_image:
-        x = next(dataset.test_batches(16))
-        figures["reconstructions.png"] = reconstructions(model, likelihood, x)
-        figures["traversals.png"] = traversals(model, likelihood, x, kl)
+        x = dataset.figure_batch(FIGURE_EXAMPLES, FIGURE_SEED)
+        middle = x.shape[0] // 2
+        figures["reconstructions.png"] = reconstructions(model, likelihood, x, n=x.shape[0])
+        figures["traversals.png"] = traversals(model, likelihood, x[middle : middle + 1], kl)
     paths = []
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=110)
@@ -117,9 +139,6 @@ def staircase(points: list[tuple[float, float]]) -> tuple[list[float], list[floa
     return xs, ys
 
 
-_MARKERS = {"constant": "o", "linear_capacity": "s", "warmup": "^", "free_bits": "D"}
-_SCHEDULE_LABELS = {"constant": "β-VAE (constant β)", "linear_capacity": "controlled capacity (C ramp)",
-                    "warmup": "KL warm-up", "free_bits": "free bits"}  # fmt: skip
 
 
 def _spaced(labelled: list[dict], points: list[dict], min_gap: float = 0.06) -> list[dict]:
@@ -137,13 +156,48 @@ def _spaced(labelled: list[dict], points: list[dict], min_gap: float = 0.06) -> 
     return kept
 
 
-def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound: tuple[list[float], list[float]] | None = None,
-                           entropy: float | None = None, title: str = "") -> Figure:  # fmt: skip
-    """The R-D plane of a sweep: every point coloured by log β (or ``color_by``), marker by schedule kind, the
-    frontier as a staircase with β labels, and where known the Shannon R(D) curve (``bound``: rates, distortions)
-    or the line D = H − R for discrete data of entropy H nats.
+#: The caption of a figure whose title reports the hypervolume ("HV …").
+HV_CAPTION = ("HV = hypervolume: the area (nats²) of the plane that the completed trials dominate,\n"
+              "up to the sweep's reference point (larger is better)")  # fmt: skip
 
-    ``points``: dicts with ``rate``, ``distortion``, ``on_frontier``, ``schedule`` and the ``color_by`` key."""
+
+def point_labels(points: list[dict]) -> list[str | None]:
+    """What names each point's setting: ``C=…`` for a capacity schedule (with ``γ=…`` where γ differs between
+    the capacity points), else ``β=…``; None when the point has neither."""
+    gammas = {p.get("gamma") for p in points if p.get("c_max") is not None and p.get("gamma") is not None}
+    labels: list[str | None] = []
+    for p in points:
+        if p.get("c_max") is not None:
+            gamma = f", γ={p['gamma']:.4g}" if len(gammas) > 1 and p.get("gamma") is not None else ""
+            labels.append(f"C={p['c_max']:.3g}{gamma}")
+        elif p.get("beta") is not None:
+            labels.append(f"β={p['beta']:.3g}")
+        else:
+            labels.append(None)
+    return labels
+
+
+def entropy_label(entropy: float) -> str:
+    """The legend entry of the line D = H − R."""
+    return f"D = H − R (H = {entropy:.2f} nats)"
+
+
+def floor_label(floor: float) -> str:
+    """The legend entry of the distortion floor E Σ h(xᵢ) (see ``sweeps.frontier_plots.reference_curves``)."""
+    return f"D ≥ {floor:.2f} (pixel entropy)"
+
+
+def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound: tuple[list[float], list[float]] | None = None,
+                           entropy: float | None = None, floor: float | None = None,
+                           title: str = "") -> Figure:  # fmt: skip
+    """The R-D plane of a sweep: every point coloured by log β (or ``color_by``), marker by schedule kind, the
+    frontier as a staircase, its points labelled β=… (or C=… for a capacity schedule, see :func:`point_labels`),
+    and where known the Shannon R(D) curve (``bound``: rates, distortions), the line D = H − R for
+    discrete data of entropy H nats, and a distortion ``floor`` no model can go below. A title that reports
+    "HV" gets :data:`HV_CAPTION` under the figure.
+
+    ``points``: dicts with ``rate``, ``distortion``, ``on_frontier``, ``schedule`` and the ``color_by`` key (and
+    ``c_max``, ``gamma`` for capacity schedules)."""
     from matplotlib.colors import LogNorm, Normalize
 
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
@@ -157,20 +211,24 @@ def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound:
     for kind in sorted({p.get("schedule") or "?" for p in points}):
         group = [p for p in points if (p.get("schedule") or "?") == kind]
         colors = [cmap(norm(p[color_by])) if p.get(color_by) is not None else (0.6, 0.6, 0.6, 1) for p in group]
-        marker = _MARKERS.get(kind, "P")
+        style = schedule_class(kind)  # each schedule kind says how it is drawn (bvae_core.config)
+        marker = style.marker
         ax.scatter([p["rate"] for p in group], [p["distortion"] for p in group], c=colors,
                    marker=marker, s=46, edgecolors="black", linewidths=0.4, zorder=3)  # fmt: skip
         # the legend tells the schedules apart by marker only (the colour belongs to the colour bar)
         handles.append(Line2D([], [], ls="", marker=marker, markersize=7, markerfacecolor="white",
-                              markeredgecolor="black", label=_SCHEDULE_LABELS.get(kind, kind)))  # fmt: skip
+                              markeredgecolor="black", label=style.label if style.label != "?" else kind))  # fmt: skip
     front = sorted((p for p in points if p.get("on_frontier")), key=lambda p: p["rate"])
     if front:
         xs, ys = staircase([(p["rate"], p["distortion"]) for p in front])
         (line,) = ax.plot(xs, ys, color="crimson", lw=1.4, zorder=2, label="frontier")
         handles.append(line)
-        for p in _spaced([p for p in front if p.get("beta") is not None], points):
-            ax.annotate(f"β={p['beta']:.3g}", (p["rate"], p["distortion"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)  # fmt: skip
+    # frontier points first, then the capacity points off it (their colour says nothing: they have no β)
+    labels = dict(zip(map(id, points), point_labels(points)))
+    candidates = front + sorted((p for p in points if not p.get("on_frontier") and p.get("c_max") is not None),
+                                key=lambda p: p["rate"])  # fmt: skip
+    for p in _spaced([p for p in candidates if labels.get(id(p))], points):
+        ax.annotate(labels[id(p)], (p["rate"], p["distortion"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if bound is not None:
         # the bound over the rates the points span (and a little more), so the points are not squeezed into a corner
         top = 1.5 * max((p["rate"] for p in points), default=1.0) + 0.5
@@ -179,15 +237,21 @@ def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound:
     if entropy is not None and points:
         top = max(p["rate"] for p in points) * 1.05 + 1e-9
         r = [0.0, min(entropy, top)]
-        handles += ax.plot(r, [entropy - v for v in r], color="gray", ls=":", lw=1, label=f"D = H − R (H = {entropy:.2f} nats)")
+        handles += ax.plot(r, [entropy - v for v in r], color="gray", ls=":", lw=1, label=entropy_label(entropy))
+    if floor is not None and points:
+        handles.append(ax.axhline(floor, color="gray", ls="-.", lw=1, label=floor_label(floor)))
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label=("log-scaled " if isinstance(norm, LogNorm) else "") + color_by)
     ax.set_xlabel("rate (nats per example)")
     ax.set_ylabel("distortion (nats per example)")
     ax.set_title(title or "rate-distortion plane", fontsize=10)
-    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.legend(handles=handles, fontsize=7, loc="best")  # where it hides the fewest points
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if "HV" in (title or ""):
+        fig.text(0.01, 0.01, HV_CAPTION, fontsize=7, color="dimgray")
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

@@ -57,8 +57,9 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     printer = ProgressPrinter(cfg.train.steps) if progress else None
     if printer:
+        threads = f" with {trainer.threads.describe()}" if trainer.threads is not None else ""
         print(f"training {cfg.model.arch} (latent {cfg.model.latent_dim}) on {cfg.dataset.name} for {cfg.train.steps} "
-              f"steps on {trainer.device}", file=sys.stderr, flush=True)  # fmt: skip
+              f"steps on {trainer.device}{threads}", file=sys.stderr, flush=True)  # fmt: skip
     metrics: dict[str, float] = {}
     while trainer.step < cfg.train.steps:
         trainer.fit(min(cfg.train.eval_every, cfg.train.steps - trainer.step), on_log=printer.train if printer else None)

@@ -2,7 +2,7 @@
 
 import os
 
-# Keep every byte on this machine unless told otherwise (STACK.md): no usage stats or telemetry, and Ray on
+# Keep every byte on this machine unless told otherwise (docs/operations.md): no usage stats or telemetry, and Ray on
 # loopback. Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import time, so this must run before `import ray`.
 for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -11,8 +11,9 @@ from .frontier import CHECKPOINT_ARTIFACT, SweepRef
 
 def register_pick(client, row: dict[str, Any], name: str, alias: str = "picked") -> str:
     """Log the trial's model (``mlflow.pytorch`` flavour: ``mlflow.pytorch.load_model("models:/NAME@ALIAS")``
-    returns the VAE, with ``encode(x) -> (μ, log σ²)`` and ``decode(z)``) to its run as ``model/``, create a model
-    version from it, and point ``alias`` at that version. Returns the version."""
+    returns the VAE, with ``encode(x) -> (μ, log σ²)``, ``decode(z)`` (logits for Bernoulli) and, knowing its
+    likelihood from the checkpoint's config, ``decode_mean(z)`` / ``sample(n)`` giving images) to its run as
+    ``model/``, create a model version from it, and point ``alias`` at that version. Returns the version."""
     import mlflow.artifacts
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException

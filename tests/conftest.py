@@ -1,6 +1,6 @@
 import os
 
-# No calls home from anything a test starts (STACK.md).
+# No calls home from anything a test starts (docs/operations.md).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -14,7 +14,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One real local Ray for the session, on loopback only (STACK.md: Ray rewrites 127.0.0.1 to the machine's
+    """One real local Ray for the session, on loopback only (docs/operations.md: Ray rewrites 127.0.0.1 to the machine's
     routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set before `import ray`)."""
     import ray
     import ray._private.ray_constants as ray_constants

@@ -8,7 +8,6 @@ import copy
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from sweeps.cli import main

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from bvae_core.data import make_dataset
-from bvae_core.data.dsprites import DSprites
+from bvae_core.data.dsprites import IMAGE_STATISTICS, DSprites
 
 GIF = Path(__file__).parent / "data" / "dsprites.gif"
 SQUARE, ELLIPSE, HEART = 0, 1, 2
@@ -139,7 +139,7 @@ def test_factors_and_sampling(ds):
     assert ds.name == "dsprites"
     assert ds.factor_names == ("shape", "scale", "orientation", "posX", "posY")
     assert ds.factor_sizes == (3, 6, 40, 32, 32) and ds.num_combinations == 737_280
-    assert ds.entropy_nats == pytest.approx(math.log(737_280))
+    assert ds.entropy_nats == IMAGE_STATISTICS[64].entropy < math.log(737_280)  # some combinations render alike
     f = ds.sample_factors(20_000, torch.Generator().manual_seed(2))
     assert f.shape == (20_000, 5) and f.dtype == torch.long
     for k, size in enumerate(ds.factor_sizes):
@@ -171,3 +171,40 @@ def test_bad_resolution_and_make_dataset():
         DSprites(resolution=48)
     ds = make_dataset("dsprites", resolution=32, n_test=100)
     assert isinstance(ds, DSprites) and ds.example_shape == (1, 32, 32) and ds.n_test == 100
+
+
+def test_image_statistics_constants_on_a_sample(ds, ds32):
+    """The grid's counted constants, checked where a sample can check them (the full count is the slow test)."""
+    for res, stats in IMAGE_STATISTICS.items():
+        counts = {64: {1: 693_920, 2: 21_264, 3: 64, 4: 160}, 32: {1: 693_692, 2: 21_354, 3: 80, 4: 160}}[res]
+        assert sum(m * c for m, c in counts.items()) == stats.combinations == 737_280
+        assert sum(counts.values()) == stats.distinct
+        n = stats.combinations  # H of the image of a uniform combination, from its multiplicities
+        assert stats.entropy == pytest.approx(math.log(n) - sum(c * m * math.log(m) for m, c in counts.items()) / n)
+    # θ = 0 and θ = 2π render the same image: one source of the coincidences
+    f = ds.sample_factors(64, torch.Generator().manual_seed(4))
+    f[:, 2] = 0
+    g = f.clone()
+    g[:, 2] = 39
+    assert torch.equal(ds.render(f), ds.render(g))
+    # the 32 px pixel entropy E Σ h(x): a 4,000-image sample's mean within 4 standard errors of the constant
+    x = ds32.render(ds32.sample_factors(4000, torch.Generator().manual_seed(5))).double()
+    h = -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x)).flatten(1).sum(1)
+    assert abs(float(h.mean()) - IMAGE_STATISTICS[32].pixel_entropy) < 4 * float(h.std()) / math.sqrt(4000)
+    assert ds.render(f).unique().tolist() == [0.0, 1.0]  # 64 px is binary: no pixel entropy
+    # the counter itself on a slice: the largest squares at θ = 0 and θ = 2π over every position (2 × 1,024
+    # combinations, 1,024 images)
+    base = (0 * 6 + 5) * 40 * 1024
+    flat = torch.cat([torch.arange(base, base + 1024), torch.arange(base + 39 * 1024, base + 40 * 1024)])
+    stats = ds.image_statistics(flat)
+    assert stats.distinct == 1024 and stats.entropy == pytest.approx(math.log(1024))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution", [64, 32])
+def test_image_statistics_recounted_over_the_whole_grid(resolution):
+    got = DSprites(resolution=resolution, n_test=10).image_statistics()
+    want = IMAGE_STATISTICS[resolution]
+    assert (got.combinations, got.distinct) == (want.combinations, want.distinct)
+    assert got.entropy == pytest.approx(want.entropy, abs=1e-9)
+    assert got.pixel_entropy == pytest.approx(want.pixel_entropy, abs=1e-3)

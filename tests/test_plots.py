@@ -58,3 +58,30 @@ def test_rd_figure_legend_names_schedules_not_colours():
     assert any(label.startswith("D = H − R") for label in labels)
     annotations = [t.get_text() for t in ax.texts]
     assert annotations == ["β=8", "β=0.5"]  # β=7.5 sits on top of β=8: not labelled
+
+
+def test_rd_figure_labels_capacity_points_with_c_max_and_explains_hv():
+    points = [
+        {"rate": 2.0, "distortion": 40.0, "beta": 4.0, "schedule": "constant", "on_frontier": True},
+        {"rate": 6.0, "distortion": 25.0, "beta": None, "c_max": 8.0, "gamma": 1000.0, "schedule": "linear_capacity",
+         "on_frontier": True},
+        {"rate": 12.0, "distortion": 60.0, "beta": None, "c_max": 15.0, "gamma": 1000.0, "schedule": "linear_capacity",
+         "on_frontier": False},
+    ]
+    fig = rate_distortion_figure(points, title="quickstart: 3 completed trials, 2 on the frontier, HV 812.5")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["β=4", "C=8", "C=15"]  # off the frontier too: no β colour
+    assert any("HV = hypervolume" in t.get_text() for t in fig.texts)
+    points[2]["gamma"] = 100.0  # γ varies between the capacity points: it is named too
+    fig = rate_distortion_figure(points, title="no hypervolume here")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["β=4", "C=8, γ=1000", "C=15, γ=100"]
+    assert not fig.texts
+
+
+def test_rd_figure_draws_the_pixel_entropy_floor():
+    points = [{"rate": 3.0, "distortion": 30.0, "beta": 1.0, "schedule": "constant", "on_frontier": True}]
+    fig = rate_distortion_figure(points, floor=9.7)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "D ≥ 9.70 (pixel entropy)" in labels
+    floor_line = next(line for line in ax.get_lines() if line.get_label() == "D ≥ 9.70 (pixel entropy)")
+    assert list(floor_line.get_ydata()) == [9.7, 9.7]

@@ -1,6 +1,6 @@
 """A linear VAE with a fixed-σ Gaussian likelihood on a Gaussian source lands on the Shannon R(D) bound.
 
-At β the optimum of SSE/(2σ²) + β·R is the reverse water-filling point with θ = σ²β (DESIGN §3), so the held-out
+At β the optimum of SSE/(2σ²) + β·R is the reverse water-filling point with θ = σ²β (docs/contracts.md), so the held-out
 points must not fall below R(D) beyond their noise, and the Lagrangian must be within 2 % of its optimum L*."""
 
 import math

@@ -1,4 +1,4 @@
-"""Datasets with ground-truth factors (DESIGN §3 "Datasets"): ``make_dataset(name, **options)``."""
+"""Datasets with ground-truth factors (docs/contracts.md, "Datasets"): ``make_dataset(name, **options)``."""
 
 from __future__ import annotations
 

@@ -156,7 +156,8 @@ class FileDataset(Dataset):
         self.example_shape = tuple(self._storage.shape[1:])
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
         n_test = min(max(1, round(n * test_fraction)), n - 1)
-        self._test_idx, self._train_idx = perm[:n_test].sort().values, perm[n_test:]
+        # seeded random order: a prefix (train.n_eval) is a uniform sample even when the file is sorted by factors
+        self._test_idx, self._train_idx = perm[:n_test].clone(), perm[n_test:]
         self.path = path
         self.to(device)
 
@@ -184,3 +185,6 @@ class FileDataset(Dataset):
     def test_batches(self, batch_size: int) -> Iterator[Tensor]:
         for idx in self._test_idx.split(batch_size):
             yield self._as_float(self._storage[idx])
+
+    def test_examples(self, positions: Tensor) -> Tensor:
+        return self._as_float(self._storage[self._test_idx[positions.to(self.device)]])

@@ -82,6 +82,9 @@ class GaussianSource(Dataset):
     def test_batches(self, batch_size: int) -> Iterator[Tensor]:
         yield from self.test.split(batch_size)
 
+    def test_examples(self, positions: Tensor) -> Tensor:
+        return self.test[positions.to(self.device)]
+
     def rate_distortion(self, theta: float) -> tuple[float, float]:
         """(R, D) on the Shannon bound at water level θ (D as squared error per example)."""
         return water_filling(self.eigenvalues, theta)
@@ -90,6 +93,6 @@ class GaussianSource(Dataset):
         return rate_for_distortion(self.eigenvalues, distortion)
 
     def optimal_loss(self, beta: float, sigma: float = 1.0) -> float:
-        """min over encoders/decoders of E[SSE]/(2σ²) + β·R, attained at θ = σ²β (DESIGN §3)."""
+        """min over encoders/decoders of E[SSE]/(2σ²) + β·R, attained at θ = σ²β (docs/contracts.md)."""
         rate, dist = self.rate_distortion(sigma**2 * beta)
         return dist / (2 * sigma**2) + beta * rate

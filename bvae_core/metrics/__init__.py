@@ -1,9 +1,9 @@
-"""Disentanglement metrics, as in disentanglement_lib (Locatello et al. 2019), one module each (DESIGN §3).
+"""Disentanglement metrics, as in disentanglement_lib (Locatello et al. 2019), one module each (docs/contracts.md).
 
 Code-based metrics — plain functions of ``codes[N, k]`` (encoder means) and ``factors[N, K]`` (integer indices):
 ``mig`` → float, ``dci`` → dict, ``sap`` → float. Intervention-based scores — functions of a ground-truth dataset
 and an encode function: ``factorvae_score``, ``betavae_score`` → float (``*_details`` → dict).
-``compute_metrics(names, dataset, encode, preset, seed)`` samples, encodes in batches and returns the DESIGN names;
+``compute_metrics(names, dataset, encode, preset, seed)`` samples, encodes in batches and returns the contract names (docs/contracts.md);
 ``metric_params`` lists the parameters it used; ``PRESETS`` holds the ``full`` (disentanglement_lib) and ``fast``
 sample sizes.
 """

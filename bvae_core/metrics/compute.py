@@ -23,7 +23,7 @@ from .sap_score import sap
 
 #: The metrics ``compute_metrics`` knows, in the order it reports them.
 METRIC_NAMES = ("mig", "dci", "sap", "factorvae_score", "betavae_score")
-#: The names each metric reports under (DESIGN §3 "Units and metric names").
+#: The names each metric reports under (docs/contracts.md, "Units and metric names").
 RESULT_NAMES = {
     "mig": ("mig",),
     "dci": ("dci/disentanglement", "dci/completeness", "dci/informativeness"),
@@ -117,7 +117,7 @@ def compute_metrics(names: Iterable[str], dataset: Any, encode: Encode, preset: 
 
     ``dataset``: a :class:`~bvae_core.data.GroundTruthDataset` (``factor_sizes``, ``sample_factors``, ``render``);
     ``encode``: rendered images → encoder means ``[n, k]``, e.g. ``functools.partial(encode_means, model)``.
-    Returns the DESIGN §3 names: ``mig``, ``dci/disentanglement``, ``dci/completeness``, ``dci/informativeness``
+    Returns the docs/contracts.md names: ``mig``, ``dci/disentanglement``, ``dci/completeness``, ``dci/informativeness``
     (test accuracy), ``sap``, ``factorvae_score``, ``betavae_score``. The same seed gives the same numbers."""
     names = _check_names(names)
     params = resolve_preset(preset, overrides)
