@@ -109,7 +109,8 @@ class Trainer:
         # The capacity objective's γ·|KL − C| term gets Adam moments of its own, on the encoder (see _capacity_step).
         self._encoder_params = list(self.model.encoder.parameters())
         self.capacity_optimizer = (make_optimizer(self._encoder_params, cfg.train.lr, self.device)
-                                   if cfg.objective.schedule.kind == "linear_capacity" else None)  # fmt: skip
+                                   if schedule_value(cfg.objective.schedule, cfg.objective.beta, 0).capacity is not None
+                                   else None)  # fmt: skip
         self.autocast = self._autocast_context(cfg.train.precision)
         # Two generators on the training device: one for batches, one for the reparameterisation noise.
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
