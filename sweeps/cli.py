@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from bvae_core.config import ConfigError
 from bvae_core.data import DataFileError
 
+from .store import TrackingError
+
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
@@ -46,6 +48,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                        help="override a spec value, e.g. --set search.trials=8 or --set base.train.steps=500")  # fmt: skip
         _add_tracking_uri(v)
         v.set_defaults(func=_cmd_sweep, resume=verb == "resume")
+    from .jobs import add_job_verbs
+
+    add_job_verbs(verbs)  # submit, status, logs, stop: a sweep as a Ray job on a cluster
 
 
 def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
@@ -64,7 +69,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     done = sum(r.status == "COMPLETED" for r in outcome.rows)
     print(f"\n{done}/{len(outcome.rows)} trials completed. Tracking: {outcome.tracking_uri} "
           f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})")  # fmt: skip
-    print(f"Open the MLflow UI: {ui_command(outcome.tracking_uri)}")
+    print(f"See it in MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
     return 0
 
 
@@ -98,24 +103,21 @@ def _resolve_sweep(args: argparse.Namespace):
 
     from mlflow import MlflowClient
 
-    from .frontier import FrontierError, find_sweep
-    from .tracking import resolve_tracking_uri
+    from .store import SweepNotFound, check_store_exists, find_sweep, resolve_tracking_uri
 
-    name, experiment, uri = args.sweep, args.experiment, args.tracking_uri
+    name, experiment, uri, key = args.sweep, args.experiment, args.tracking_uri, None
     if args.sweep.endswith((".yaml", ".yml")):
+        from .runner import sweep_key
         from .spec import load_spec
 
         spec = load_spec(args.sweep)
-        name, experiment, uri = spec.name, experiment or spec.experiment, uri or spec.tracking.uri
+        name, experiment, uri, key = spec.name, experiment or spec.experiment, uri or spec.tracking.uri, sweep_key(spec)
     uri = resolve_tracking_uri(uri, Path.cwd())
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
-        if not db.exists():
-            raise UsageError(f"--tracking-uri: no tracking store at {db}; run a sweep first or pass --tracking-uri")
-    client = MlflowClient(uri)
     try:
-        return client, find_sweep(client, name, experiment)
-    except FrontierError as e:
+        check_store_exists(uri)
+        client = MlflowClient(uri)
+        return client, find_sweep(client, name, experiment, sweep_key=key)
+    except SweepNotFound as e:
         raise UsageError(str(e)) from None
 
 
@@ -125,7 +127,7 @@ def _public(row: dict) -> dict:
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from .frontier import frontier_rows, write_parquet
-    from .progress import format_table
+    from .tables import format_table
 
     client, ref = _resolve_sweep(args)
     rows = frontier_rows(client, ref)
@@ -196,18 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_environment() -> None:
-    """No calls home from any library we start (STACK.md)."""
+    """No calls home from any library we start (docs/operations.md)."""
     for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
         os.environ.setdefault(key, value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .quiet import quiet_third_party
+
     _quiet_environment()
+    quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataFileError, UsageError) as e:
+    except (ConfigError, DataFileError, UsageError, TrackingError) as e:
         print(f"bvae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

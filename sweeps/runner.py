@@ -36,6 +36,7 @@ class SweepOutcome:
     parent_run_id: str | None
     rows: list  # progress.TrialRow per trial
     study: Any = None  # the Optuna study (when the search ran in this process)
+    experiment_id: str | None = None
 
 
 def storage_root(spec: SweepSpec) -> str:
@@ -189,7 +190,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         tracking.close(FAILED)
         raise
     study = optuna_study(searcher) if searcher is not None else None  # a restored searcher lives inside Tune
-    return SweepOutcome(path, uri, tracking.parent_run_id, _rows_from_results(results, spec), study)
+    return SweepOutcome(path, uri, tracking.parent_run_id, _rows_from_results(results, spec), study,
+                        tracking.experiment_id)
 
 
 def _replace_callbacks(tuner, callbacks: list) -> None:
@@ -208,8 +210,13 @@ def _prepare_callbacks(tracking, live) -> None:
     live.setup()
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this sweep's store."""
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """Where to look at this sweep: a server's experiment page in the model-training view (MLflow 3's UI opens on its
+    GenAI view otherwise), or the command that opens the UI on a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        from .store import experiment_url
+
+        url = experiment_url(tracking_uri, experiment_id) if experiment_id else None
+        return f"open {url or tracking_uri} in a browser"
+    return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id or ''}?workflowType=machine_learning")

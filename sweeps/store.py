@@ -44,6 +44,22 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_PACKAGE_VERSION = "bvae.version.bvae-sweeps"
 
+#: The experiment tag that marks an experiment's kind: "custom_model_development" ("Machine learning": runs, charts,
+#: artifacts) rather than "genai_development" ("Evaluation runs", traces, the assistant panel). MLflow 3.17's UI
+#: chooses its view from a global "GenAI | Model training" switch instead (default GenAI, kept in the browser's
+#: localStorage), which a link overrides with ``?workflowType=machine_learning``: see `experiment_url`.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or of one of its runs) in the model-training view, for an http(s)
+    tracking server; None for a local store (its UI runs elsewhere: ``mlflow ui``)."""
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{tracking_uri.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
 # MLflow run statuses (mlflow.entities.RunStatus names).
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 

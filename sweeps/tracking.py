@@ -42,6 +42,8 @@ from .store import (
     FINISHED,
     KILLED,
     RUNNING,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     TAG_CONFIG,
     TAG_NOTICE,
     TAG_PARENT,
@@ -68,10 +70,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ray.tune.experiment import Trial
 
 logger = logging.getLogger(__name__)
-
-#: The experiment tag MLflow 3's UI reads to choose its view: "custom_model_development" ("Machine learning": runs,
-#: charts, artifacts) rather than "genai_development" ("Evaluation runs", traces, the assistant panel).
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 __all__ = [
     "CONTRACT_METRICS",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import time
 from pathlib import Path
@@ -205,3 +206,48 @@ def test_mlflow_ui_renders_the_frontier_figure(sync_playwright, stack, sweep, tm
     assert natural[0] > 0 and natural[1] > 0
     assert tuple(natural) == check_png(served)  # the UI shows the very figure the sweep logged
     check_png(shot.read_bytes())
+
+
+def test_mlflow_ui_opens_the_sweep_experiment_as_model_training(sync_playwright, stack, sweep):
+    """The sweep's experiment is tagged as a model-training experiment (``mlflow.experimentKind``), and the links the
+    project gives (`sweeps.store.experiment_url`) open it on its runs table — the parent run listed — without
+    MLflow 3's GenAI view ("Evaluation runs", traces, the assistant panel). MLflow 3.17 picks that view from a global
+    switch (default GenAI) rather than from the tag: the same page without the link's ``workflowType`` is opened
+    too, as the control, and what it shows is printed and kept as a screenshot."""
+    from mlflow import MlflowClient
+
+    from sweeps.store import experiment_url
+
+    base = stack["mlflow"].url
+    client = MlflowClient(base)
+    parent = client.get_run(sweep.parent_run_id)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development", experiment.tags
+    link = experiment_url(base, experiment.experiment_id)
+    ARTIFACTS_OUT.mkdir(exist_ok=True)
+    seen: dict[str, dict] = {}
+    with logs_on_error(stack["mlflow"], stack["s3"]), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+            page.context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                (base + "/", "data:", "blob:")) else route.abort())  # fmt: skip
+            page.set_default_timeout(60_000)
+            for label, url in (("link", link), ("control", f"{base}/#/experiments/{experiment.experiment_id}")):
+                page.goto(url)
+                page.get_by_text(experiment.name, exact=True).first.wait_for()  # the experiment's page is up
+                if label == "link":  # the runs table: the parent run (named after the sweep; trials fold under it)
+                    page.get_by_text(re.compile(r"^\d+ matching runs?$")).first.wait_for()
+                    page.get_by_role("link", name=SWEEP, exact=True).first.wait_for()
+                page.wait_for_timeout(1500)  # the view settles (its tabs depend on the workflow type)
+                shot = ARTIFACTS_OUT / f"ui_e2e_experiment_{label}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                seen[label] = {"genai": page.get_by_text("Evaluation runs", exact=True).count(), "url": page.url,
+                               "shot": str(shot)}  # fmt: skip
+        finally:
+            browser.close()
+    print(f"experiment page {link}: {seen}")
+    assert seen["link"]["genai"] == 0, f"the sweep's link opened MLflow's GenAI view; see {seen['link']['shot']}"
+    assert "/runs" in seen["link"]["url"], seen["link"]["url"]
+    if seen["control"]["genai"]:
+        print("without ?workflowType the same experiment opens in the GenAI view: the link is what avoids it")
