@@ -26,6 +26,7 @@ def _capacity_config(dataset: dict, c_max: float, ramp: int, steps: int, seed: i
     }
 
 
+@pytest.mark.slow
 def test_burgess_capacity_on_blobs_puts_the_rate_in_the_means():
     """Two factors (x, y of a blob): at C = 4 nats both fit, so both must be encoded, by the means."""
     trainer = Trainer(_capacity_config({"name": "blobs", "resolution": 32, "n_test": 512}, c_max=4.0, ramp=500,
@@ -40,6 +41,7 @@ def test_burgess_capacity_on_blobs_puts_the_rate_in_the_means():
     assert m["distortion"] < 0.6 * plateau, (m["distortion"], plateau)  # off the mean-image plateau
 
 
+@pytest.mark.slow
 def test_burgess_capacity_on_dsprites_encodes_position_first():
     """Burgess et al. 2018, §4.3 and Fig. 3: at a few nats the capacity goes to position, shared by x and y."""
     trainer = Trainer(_capacity_config({"name": "dsprites", "resolution": 32, "n_test": 2000}, c_max=4.0, ramp=600,

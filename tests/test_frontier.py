@@ -119,6 +119,7 @@ def finished_sweep(local_ray, tmp_path_factory):
     return outcome, tmp
 
 
+@pytest.mark.slow
 def test_live_frontier_on_the_parent_run(finished_sweep):
     outcome, _ = finished_sweep
     client = MlflowClient(outcome.tracking_uri)

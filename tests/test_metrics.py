@@ -227,6 +227,7 @@ def test_presets_and_metric_params():
     assert all(isinstance(v, (str, int, float)) for v in params.values())
 
 
+@pytest.mark.slow
 def test_compute_metrics_on_a_burgess_model_over_dsprites():
     from bvae_core.data import make_dataset
     from bvae_core.evaluation import encode_means

@@ -88,6 +88,7 @@ def test_resume_of_a_sweep_that_never_ran_is_refused_before_anything_starts(tmp_
     assert not (tmp_path / "mlflow.db").exists()  # no tracking store created
 
 
+@pytest.mark.slow
 def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path):
     # σ = 1e-30 makes SSE/(2σ²) overflow: a deterministic divergence.
     data = make_spec(tmp_path, "diverge", {"trials": 4, "sampler": "grid", "concurrency": 2, "space": {
@@ -132,6 +133,7 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_sigkill_driver_then_resume_gives_exactly_one_run_per_trial(tmp_path):
     base = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 3000, "eval_every": 500}}
     data = make_spec(tmp_path, "killed", {"trials": 4, "seed": 0, "concurrency": 1,

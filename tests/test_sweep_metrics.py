@@ -3,6 +3,8 @@ their parameters, in the frontier table, pickable with --rule max-mig, and an R-
 
 import json
 
+import pytest
+
 from mlflow import MlflowClient
 
 from sweeps.cli import main
@@ -11,6 +13,7 @@ from sweeps.runner import run_sweep
 from sweeps.spec import parse_spec
 
 
+@pytest.mark.slow
 def test_sweep_computes_metrics_and_picks_by_mig(local_ray, tmp_path, capsys):
     data = {
         "name": "withmig",
