@@ -48,18 +48,17 @@ from torch.func import functional_call, vmap
 
 from .atomic import torch_bytes, write_atomically
 from .config import TrainConfig, parse_config
-from .data import Dataset, make_dataset
+from .data import Dataset
 from .evaluation import evaluate
 from .models import VAE, build_model
-from .objectives import capacity_penalty, gaussian_kl, make_likelihood
+from .objectives import capacity_penalty, gaussian_kl
 from .schedules import ScheduleValue, schedule_value
-from .threads import apply_threads
 from .trainer import (
     TERMS,
-    keep_freed_memory,
     make_optimizer,
     non_finite_error,
     resolve_device,
+    setup_run,
     training_loss,
 )
 
@@ -211,13 +210,7 @@ class Cohort:
         self.device = resolve_device(cfg.train.device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"train.device: a cohort trains on cpu or cuda, got {self.device}")
-        self.threads = None  # CPU only: the intra-op thread count and why, chosen as Trainer chooses it
-        if self.device.type == "cpu":
-            keep_freed_memory()
-            self.threads = apply_threads(cfg.train.threads)
-        options = cfg.dataset.model_dump(exclude={"name"})
-        self.dataset = dataset.to(self.device) if dataset is not None else make_dataset(cfg.dataset.name, self.device, **options)
-        self.likelihood = make_likelihood(cfg.model.likelihood.kind, getattr(cfg.model.likelihood, "sigma", 1.0))
+        self.threads, self.dataset, self.likelihood = setup_run(cfg, self.device, dataset)  # as a Trainer does
         self.channels_last = cfg.train.channels_last and len(self.dataset.example_shape) == 3
         self.autocast = _autocast_context(self.device, cfg.train.precision)
         self.backend = ("loop" if K == 1 else "vmap") if backend == "auto" else backend

@@ -25,7 +25,7 @@ from .config import TrainConfig, parse_config
 from .data import Dataset, make_dataset
 from .evaluation import evaluate
 from .models import build_model
-from .objectives import beta_vae_loss, capacity_loss, capacity_penalty, gaussian_kl, make_likelihood
+from .objectives import Likelihood, beta_vae_loss, capacity_loss, capacity_penalty, gaussian_kl, make_likelihood
 from .schedules import ScheduleValue, schedule_value
 from .threads import ThreadChoice, apply_threads
 
@@ -64,6 +64,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def setup_run(cfg: TrainConfig, device: torch.device, dataset: Dataset | None = None
+              ) -> tuple[ThreadChoice | None, Dataset, Likelihood]:  # fmt: skip
+    """What every run — a :class:`Trainer` or a cohort — sets up alike: on the CPU the heap policy and the thread
+    count, then the dataset on the device (``dataset`` if given) and the likelihood."""
+    threads = None
+    if device.type == "cpu":
+        keep_freed_memory()
+        threads = apply_threads(cfg.train.threads)
+    options = cfg.dataset.model_dump(exclude={"name"})
+    data = dataset.to(device) if dataset is not None else make_dataset(cfg.dataset.name, device, **options)
+    return threads, data, make_likelihood(cfg.model.likelihood.kind, getattr(cfg.model.likelihood, "sigma", 1.0))
+
+
 def make_optimizer(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam (Kingma & Ba 2015) as every run uses it: fused on CPU and CUDA (one kernel, no .item() per parameter)."""
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
@@ -92,13 +105,8 @@ class Trainer:
     def __init__(self, config: TrainConfig | dict[str, Any], dataset: Dataset | None = None):
         self.config = cfg = parse_config(config)
         self.device = resolve_device(cfg.train.device)
-        self.threads: ThreadChoice | None = None  # CPU only: the intra-op thread count and why (bvae_core.threads)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-            self.threads = apply_threads(cfg.train.threads)
-        options = cfg.dataset.model_dump(exclude={"name"})
-        self.dataset = dataset.to(self.device) if dataset is not None else make_dataset(cfg.dataset.name, self.device, **options)
-        self.likelihood = make_likelihood(cfg.model.likelihood.kind, getattr(cfg.model.likelihood, "sigma", 1.0))
+        # CPU only: the intra-op thread count and why (bvae_core.threads)
+        self.threads, self.dataset, self.likelihood = setup_run(cfg, self.device, dataset)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.model.arch, self.dataset.example_shape, cfg.model.latent_dim, cfg.model.hidden)
