@@ -20,9 +20,7 @@ convolutions become one grouped convolution, the linear layers one batched matmu
 another on their own views of the same storage: the very kernels a ``Trainer`` runs, so bit-identical to K trainers;
 the default for K = 1). The vmap kernels sum in another order than the single-model ones, so on CPU fp32 a vmap
 cohort matches its trainers to float rounding: ≤ 4e-5 relative per weight (≤ 1e-6 in norm) after 4 steps of β-VAE
-training; with the capacity objective a rounding-level difference at KL ≈ C can flip the sign of γ·|KL − C|'s
-gradient for a step, after which weights differ by O(lr) while held-out rate and distortion agree to ~1e-3
-(tests/test_cohort.py).
+training (tests/test_cohort.py, which also bounds the capacity objective's).
 
 A sweep groups its trials by :func:`cohort_key` (or :func:`group_by_cohort`), builds ``Cohort(configs)``, calls
 ``fit(n)`` between reports, reads ``evaluate()`` / ``train_metrics()`` (one dict per member, the Trainer's keys),
@@ -51,7 +49,7 @@ from .config import TrainConfig, parse_config
 from .data import Dataset
 from .evaluation import evaluate
 from .models import VAE, build_model
-from .objectives import capacity_penalty, gaussian_kl
+from .objectives import capacity_multiplier_step, gaussian_kl
 from .schedules import ScheduleValue, schedule_value
 from .trainer import (
     TERMS,
@@ -59,7 +57,7 @@ from .trainer import (
     non_finite_error,
     resolve_device,
     setup_run,
-    training_loss,
+    training_losses,
 )
 
 log = logging.getLogger(__name__)
@@ -262,10 +260,9 @@ class Cohort:
         probe = [schedule_value(c.objective.schedule, c.objective.beta, 0) for c in self.configs]
         self._capacity_objective = probe[0].capacity is not None
         self._free_bits = probe[0].free_bits
-        # As Trainer._capacity_step: γ·|KL − C| gets Adam moments of its own, on the encoder (the part it reaches).
-        self.encoder_names = [n for n in self.param_names if n.startswith("encoder.")]
-        self.capacity_adam = _AdamSlot(self.params, self.encoder_names, K, self.device) if self._capacity_objective else None
-        self._sched = torch.zeros(2, K, device=self.device)  # rows: β (or γ), C(t)
+        # As Trainer: the capacity objective's multiplier λ per member (objectives.capacity_multiplier_step).
+        self._multiplier = torch.ones(K, device=self.device) if self._capacity_objective else None
+        self._sched = torch.zeros(3, K, device=self.device)  # rows: β (or γ), C(t), the multiplier's step size
 
         # Device-side state: no host sync in the hot loop.
         self.step = 0
@@ -292,31 +289,30 @@ class Cohort:
 
     def _write_schedule(self) -> list[ScheduleValue]:
         values = [self.schedule(k) for k in range(self.size)]
-        host = torch.tensor([[v.beta for v in values], [v.capacity or 0.0 for v in values]], dtype=torch.float32)
+        host = torch.tensor([[v.beta for v in values], [v.capacity or 0.0 for v in values],
+                             [v.multiplier_lr for v in values]], dtype=torch.float32)  # fmt: skip
         self._sched.copy_(host, non_blocking=True)  # pageable source: staged before the call returns
         return values
 
     def _member_schedule(self, k: int, values: list[ScheduleValue] | None) -> ScheduleValue:
         if values is not None:  # eager loop: the Trainer's Python floats, for identical arithmetic
             return values[k]
-        beta, capacity = self._sched[0, k], self._sched[1, k]
-        return ScheduleValue(beta=beta, capacity=capacity if self._capacity_objective else None, free_bits=self._free_bits)
+        beta, capacity, multiplier_lr = self._sched[0, k], self._sched[1, k], self._sched[2, k]
+        return ScheduleValue(beta=beta, capacity=capacity if self._capacity_objective else None,
+                             free_bits=self._free_bits, multiplier_lr=multiplier_lr)  # fmt: skip
 
     # ------------------------------------------------------------------ one step
     def _member_terms(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, eps: Tensor,
-                      beta: Tensor, capacity: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """One member's objectives to differentiate and its (loss, rate, distortion), written for vmap. Objectives:
-        ``(loss, 0)``, or for the capacity objective ``(distortion, γ·|KL − C|)`` (each gets its own Adam)."""
+                      beta: Tensor, capacity: Tensor, multiplier: Tensor | None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """One member's loss to differentiate and its (loss, rate, distortion), written for vmap (as Trainer: the
+        capacity objective descends distortion + λ·KL)."""
         with self.autocast():
             out, mu, logvar = functional_call(self._base, (params, buffers), (x, eps))
         distortion, _ = self.likelihood.nll(out, x)
         kl = gaussian_kl(mu, logvar)
         sched = ScheduleValue(beta=beta, capacity=capacity if self._capacity_objective else None, free_bits=self._free_bits)
-        loss = training_loss(distortion, kl, sched)
-        terms = torch.stack([loss.detach(), kl.detach().sum(1).mean(), distortion.detach().mean()])
-        if self._capacity_objective:
-            return torch.stack([distortion.mean(), capacity_penalty(kl, capacity, beta)]), terms
-        return torch.stack([loss, torch.zeros_like(loss)]), terms
+        loss, descended = training_losses(distortion, kl, sched, multiplier)
+        return descended, torch.stack([loss.detach(), kl.detach().sum(1).mean(), distortion.detach().mean()])
 
     def _batch(self, k: int) -> tuple[Tensor, Tensor]:
         """Member k's batch and noise, drawn exactly as Trainer draws them."""
@@ -328,8 +324,7 @@ class Cohort:
         return x, eps
 
     def _forward_backward(self, values: list[ScheduleValue] | None) -> tuple[Tensor, list[Any], list[Any]]:
-        """Terms ``[K, 3]``, each member's gradients for the main Adam and, for the capacity objective, its
-        encoder's gradients of γ·|KL − C| for the capacity Adam (None: member skipped)."""
+        """Terms ``[K, 3]`` and each member's gradients (None: member skipped)."""
         K = self.size
         if self.backend == "vmap":
             batches = [self._batch(k) for k in range(K)]
@@ -337,25 +332,18 @@ class Cohort:
             eps = torch.stack([b[1] for b in batches])
             for p in self.params.values():
                 p.grad = None
+            multiplier = self._multiplier if self._multiplier is not None else self._sched[0]  # (unused for β-VAE)
             fn = vmap(self._member_terms, randomness="error")
-            objectives, terms = fn(self.params, self.buffers, x, eps, self._sched[0], self._sched[1])
-            objectives = objectives.sum(0)  # members are independent: each slice gets its own member's gradient
-            cap_grads: list[Any] = [None] * K
-            if self._capacity_objective:
-                enc = [self.params[n] for n in self.encoder_names]
-                penalty = torch.autograd.grad(objectives[1], enc, retain_graph=True)
-                penalty = [_like(g, p) for g, p in zip(penalty, enc)]
-                cap_grads = [list(g) for g in zip(*(g.unbind(0) for g in penalty))]
-            objectives[0].backward()
+            descended, terms = fn(self.params, self.buffers, x, eps, self._sched[0], self._sched[1], multiplier)
+            descended.sum().backward()  # members are independent: each slice gets its own member's gradient
             grads = [list(g) for g in zip(*(self.params[n].grad.unbind(0) for n in self.param_names))]
-            return terms, grads, cap_grads
-        rows, grads, cap_grads = [], [], []
+            return terms, grads
+        rows, grads = [], []
         skip_inactive = self._graph is None and not self._capturing
         for k, model in enumerate(self.models):
             if skip_inactive and self.status[k] != ACTIVE:
                 rows.append(torch.zeros(len(TERMS), device=self.device))
                 grads.append(None)
-                cap_grads.append(None)
                 continue
             x, eps = self._batch(k)
             with self.autocast():
@@ -363,25 +351,29 @@ class Cohort:
             distortion, _ = self.likelihood.nll(out, x)
             kl = gaussian_kl(mu, logvar)
             sched = self._member_schedule(k, values)
-            loss = training_loss(distortion, kl, sched)
+            multiplier = self._multiplier[k] if self._multiplier is not None else None
+            loss, descended = training_losses(distortion, kl, sched, multiplier)
             for p in model.parameters():
                 p.grad = None
-            if self._capacity_objective:  # as Trainer._capacity_step
-                penalty = capacity_penalty(kl, sched.capacity, sched.beta)
-                cap_grads.append(list(torch.autograd.grad(penalty, list(model.encoder.parameters()), retain_graph=True)))
-                distortion.mean().backward()
-            else:
-                cap_grads.append(None)
-                loss.backward()
+            descended.backward()
             rows.append(torch.stack([loss.detach(), kl.detach().sum(1).mean(), distortion.detach().mean()]))
             grads.append([p.grad for p in model.parameters()])
-        return torch.stack(rows), grads, cap_grads
+        return torch.stack(rows), grads
 
     _capturing = False
 
+    def _step_multipliers(self, kl: Tensor, values: list[ScheduleValue] | None, active: Tensor) -> None:
+        """Each active member's capacity multiplier, one dual-ascent step (objectives.capacity_multiplier_step)."""
+        if values is not None:  # eager loop: the Trainer's Python floats, for identical arithmetic
+            stepped = torch.stack([capacity_multiplier_step(self._multiplier[k], kl[k], v.capacity, v.beta, v.multiplier_lr)
+                                   for k, v in enumerate(values)])  # fmt: skip
+        else:
+            stepped = capacity_multiplier_step(self._multiplier, kl, self._sched[1], self._sched[0], self._sched[2])
+        self._multiplier.copy_(torch.where(active, stepped, self._multiplier))
+
     def _step_body(self, values: list[ScheduleValue] | None) -> None:
         """Everything of one step on the device: no host sync, capturable."""
-        terms, grads, cap_grads = self._forward_backward(values)
+        terms, grads = self._forward_backward(values)
         with torch.no_grad():
             finite = torch.isfinite(terms).all(1)
             first = self._active & ~finite
@@ -397,11 +389,8 @@ class Cohort:
             for k in range(self.size):
                 if grads[k] is not None:
                     self.adam.step(k, grads[k], self.lrs[k], skip[k], self._adam)
-            if self.capacity_adam is not None:  # after the main step, as Trainer._capacity_step
-                self.capacity_adam.steps.add_(active)
-                for k in range(self.size):
-                    if cap_grads[k] is not None:
-                        self.capacity_adam.step(k, cap_grads[k], self.lrs[k], skip[k], self._adam)
+            if self._multiplier is not None:  # after the step, as Trainer
+                self._step_multipliers(terms[:, 1], values, active)
             self._step_t.add_(1)
 
     def _train_step(self) -> None:
@@ -487,11 +476,14 @@ class Cohort:
         means = torch.where(counts > 0, self._sums / counts.clamp(min=1), float("nan")).tolist()  # as Trainer divides
         self._sums.zero_()
         self._sum_counts.zero_()
+        multipliers = self._multiplier.tolist() if self._multiplier is not None else None
         out = []
         for k in range(self.size):
             values = means[k]
             metrics = {"step": float(self.step), **{f"train/{name}": v for name, v in zip(TERMS, values)}}
             metrics.update(self._schedule_metrics(k))
+            if multipliers is not None:
+                metrics["capacity_multiplier"] = multipliers[k]
             out.append(metrics)
         return out
 
@@ -523,12 +515,7 @@ class Cohort:
         model = self.models[k]
         optimizer = make_optimizer(model.parameters(), self.lrs[k], self.device)
         optimizer.state.update(self.adam.member_state(k, list(model.parameters())))
-        extra = {}
-        if self.capacity_adam is not None:
-            encoder = list(model.encoder.parameters())
-            capacity_optimizer = make_optimizer(encoder, self.lrs[k], self.device)
-            capacity_optimizer.state.update(self.capacity_adam.member_state(k, encoder))
-            extra["capacity_optimizer"] = capacity_optimizer.state_dict()
+        extra = {"capacity_multiplier": self._multiplier[k].clone()} if self._multiplier is not None else {}
         return {
             "config": self.configs[k].model_dump(mode="json"),
             "example_shape": list(self.dataset.example_shape),
@@ -580,7 +567,7 @@ class Cohort:
             "params": clone(self.params),
             "buffers": clone(self.buffers),
             "adam": self.adam.state_dict(),
-            "capacity_adam": self.capacity_adam.state_dict() if self.capacity_adam is not None else None,
+            "multiplier": self._multiplier.clone() if self._multiplier is not None else None,
             "data_generators": [g.get_state() for g in self.data_generators],
             "noise_generators": [g.get_state() for g in self.noise_generators],
             "active": self._active.clone(),
@@ -598,8 +585,8 @@ class Cohort:
                 for n, t in getattr(self, key).items():
                     t.copy_(state[key][n])  # into the same storage: member views and a captured graph stay valid
             self.adam.load_state_dict(state["adam"])
-            if self.capacity_adam is not None:
-                self.capacity_adam.load_state_dict(state["capacity_adam"])
+            if self._multiplier is not None:
+                self._multiplier.copy_(state["multiplier"])
             for key in ("active", "member_steps", "first_bad_step", "bad_terms"):
                 getattr(self, f"_{key}").copy_(state[key])
         for g, s in zip(self.data_generators, state["data_generators"]):

@@ -126,11 +126,14 @@ class LinearCapacitySchedule(ScheduleConfig):
     symbol: ClassVar[str] = "square"
     c_max: Annotated[float, Field(ge=0)] = 25.0  # Burgess et al. 2018, §A.2: 25 nats for dSprites
     ramp_steps: PositiveInt = 100_000  # Burgess et al. 2018, §A.2: over 100,000 iterations
-    gamma: PositiveFloat = 1000.0  # Burgess et al. 2018, §A.2: γ = 1000
+    gamma: PositiveFloat = 1000.0  # Burgess et al. 2018, §A.2: γ = 1000 (here: the bound on the multiplier λ)
+    # How fast λ follows KL − C: λ += multiplier_lr·(KL − C)·max(λ, 1) per step (objectives.capacity_multiplier_step).
+    multiplier_lr: PositiveFloat = 0.02
 
     def value(self, beta: float, step: int) -> ScheduleValue:
         # Burgess et al. 2018, §3 and §A.2: C increased linearly from 0 to c_max over ramp_steps.
-        return ScheduleValue(beta=self.gamma, capacity=linear_ramp(step, 0.0, self.c_max, self.ramp_steps))
+        return ScheduleValue(beta=self.gamma, capacity=linear_ramp(step, 0.0, self.c_max, self.ramp_steps),
+                             multiplier_lr=self.multiplier_lr)
 
 
 class WarmupSchedule(ScheduleConfig):

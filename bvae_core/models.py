@@ -19,7 +19,7 @@ def relu_init_(module: nn.Module) -> nn.Module:
     E[z|x] hardly depends on x at initialisation (std over x ≈ 3e-4 on dSprites, against 0.1–0.2 here), the random
     biases dominate, and 25–65 % of the fully connected units are dead for every input (measured; they stay dead).
     This is the initialisation of the known-good PyTorch reproductions of Burgess et al. (He-normal, zero biases).
-    It is not what made the capacity objective fail — that was the optimiser (``Trainer._capacity_step``) — but it
+    It is not what made the capacity objective fail — that was the optimiser (``objectives.capacity_multiplier_step``) — but it
     keeps every unit trainable, which matters most for β-VAE at small β."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):

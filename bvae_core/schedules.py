@@ -12,6 +12,7 @@ class ScheduleValue:
     beta: float  # weight on KL (for the capacity objective: γ)
     capacity: float | None  # C(t) in nats for the capacity objective, else None
     free_bits: float = 0.0
+    multiplier_lr: float = 0.0  # capacity objective: step of the multiplier λ per nat of KL − C (see objectives)
 
 
 def linear_ramp(step: int, start: float, end: float, steps: int) -> float:

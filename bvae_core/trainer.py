@@ -25,7 +25,14 @@ from .config import TrainConfig, parse_config
 from .data import Dataset, make_dataset
 from .evaluation import evaluate
 from .models import build_model
-from .objectives import Likelihood, beta_vae_loss, capacity_loss, capacity_penalty, gaussian_kl, make_likelihood
+from .objectives import (
+    Likelihood,
+    beta_vae_loss,
+    capacity_loss,
+    capacity_multiplier_step,
+    gaussian_kl,
+    make_likelihood,
+)
 from .schedules import ScheduleValue, schedule_value
 from .threads import ThreadChoice, apply_threads
 
@@ -82,12 +89,17 @@ def make_optimizer(params: Any, lr: float, device: torch.device) -> torch.optim.
     return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
-def training_loss(distortion: torch.Tensor, kl_per_dim: torch.Tensor, sched: ScheduleValue) -> torch.Tensor:
-    """The objective at one step: the capacity loss where the schedule sets C(t), else β-VAE (with free bits).
-    β and C may be floats or 0-d tensors (a cohort passes each member's as tensors)."""
+def training_losses(distortion: torch.Tensor, kl_per_dim: torch.Tensor, sched: ScheduleValue,
+                    multiplier: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The objective at one step as ``(value, descended)``: the value reported as ``train/loss`` and the loss whose
+    gradient Adam follows. β-VAE (with free bits): the same loss. Capacity objective: Burgess et al.'s eq. (2) as
+    the value, distortion + λ·KL descended, λ the constraint's multiplier (objectives.capacity_multiplier_step).
+    β, C and λ may be floats or 0-d tensors (a cohort passes each member's as tensors)."""
     if sched.capacity is not None:
-        return capacity_loss(distortion, kl_per_dim, sched.capacity, sched.beta)
-    return beta_vae_loss(distortion, kl_per_dim, sched.beta, sched.free_bits)
+        value = capacity_loss(distortion, kl_per_dim, sched.capacity, sched.beta)
+        return value, beta_vae_loss(distortion, kl_per_dim, multiplier)
+    loss = beta_vae_loss(distortion, kl_per_dim, sched.beta, sched.free_bits)
+    return loss, loss
 
 
 def non_finite_error(step: int, terms: dict[str, float]) -> NonFiniteLossError:
@@ -114,11 +126,10 @@ class Trainer:
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.model.likelihood_kind = cfg.model.likelihood.kind  # decode_mean / sample give images
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr, self.device)
-        # The capacity objective's γ·|KL − C| term gets Adam moments of its own, on the encoder (see _capacity_step).
-        self._encoder_params = list(self.model.encoder.parameters())
-        self.capacity_optimizer = (make_optimizer(self._encoder_params, cfg.train.lr, self.device)
-                                   if schedule_value(cfg.objective.schedule, cfg.objective.beta, 0).capacity is not None
-                                   else None)  # fmt: skip
+        # The capacity objective's multiplier λ (objectives.capacity_multiplier_step), from 1: the ELBO's weight.
+        self.capacity_multiplier = (torch.ones((), device=self.device)
+                                    if schedule_value(cfg.objective.schedule, cfg.objective.beta, 0).capacity is not None
+                                    else None)  # fmt: skip
         self.autocast = self._autocast_context(cfg.train.precision)
         # Two generators on the training device: one for batches, one for the reparameterisation noise.
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -152,15 +163,15 @@ class Trainer:
         distortion, _ = self.likelihood.nll(out, x)
         kl = gaussian_kl(mu, logvar)
         sched = self.schedule()
-        loss = training_loss(distortion, kl, sched)
+        loss, descended = training_losses(distortion, kl, sched, self.capacity_multiplier)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.capacity_optimizer is None:
-            loss.backward()
-            self.optimizer.step()
-        else:
-            self._capacity_step(distortion, kl, sched)
+        descended.backward()
+        self.optimizer.step()
         with torch.no_grad():
             terms = torch.stack([loss.detach(), kl.detach().sum(1).mean(), distortion.detach().mean()])
+            if sched.capacity is not None:
+                self.capacity_multiplier = capacity_multiplier_step(
+                    self.capacity_multiplier, terms[1], sched.capacity, sched.beta, sched.multiplier_lr)
             finite = torch.isfinite(terms).all()
             first = (self._first_bad_step < 0) & ~finite
             self._first_bad_step = torch.where(first, self.step, self._first_bad_step)
@@ -168,28 +179,6 @@ class Trainer:
             self._sums += terms
         self._sum_count += 1
         self.step += 1
-
-    def _capacity_step(self, distortion: torch.Tensor, kl: torch.Tensor, sched: ScheduleValue) -> None:
-        """One Adam step on Burgess et al.'s eq. (2), E[−log p(x|z)] + γ·|KL − C|, with each term preconditioned by
-        its own Adam moments: the reconstruction by ``self.optimizer`` (all parameters), γ·|KL − C| by
-        ``self.capacity_optimizer`` (the encoder, the only part it reaches). The loss and its gradient are the paper's.
-
-        Why not one Adam on the sum: γ = 1000 makes γ·∇KL ~300× the reconstruction's gradient on the encoder, and
-        once the KL tracks C the batch KL falls on either side of C, so that term's sign flips from step to step. The
-        flips cancel in Adam's first moment but not in its second, which is then ~all capacity term: the encoder's
-        step along the reconstruction gradient shrinks ~100× (measured median |∇D|/√v = 0.006–0.02), the encoder
-        stops learning to encode x, and the only way left to meet KL = C is x-independent — moving the means' offset
-        and shrinking the posterior variances. The held-out rate then follows C(t) with ``mutual_info`` ≈ 0 and the
-        distortion on the mean-image plateau (dSprites 32 px, C → 5 nats: one Adam, MI 0.00–0.22 nats, distortion
-        129; separate moments, MI 3.4–3.5 nats in the x/y latents, distortion 50–60; benchmarks/README.md). With
-        separate moments each term moves the encoder at Adam's intended rate, whatever γ is."""
-        enc = self._encoder_params
-        penalty_grads = torch.autograd.grad(capacity_penalty(kl, sched.capacity, sched.beta), enc, retain_graph=True)
-        distortion.mean().backward()
-        self.optimizer.step()
-        for p, g in zip(enc, penalty_grads):
-            p.grad = g
-        self.capacity_optimizer.step()
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: int | None = None, on_log: Callable[[dict[str, float]], None] | None = None) -> None:
@@ -219,6 +208,7 @@ class Trainer:
         sched = self.schedule()
         if sched.capacity is not None:
             metrics["capacity"] = sched.capacity
+            metrics["capacity_multiplier"] = float(self.capacity_multiplier)
         else:
             metrics["beta"] = sched.beta
         return metrics
@@ -251,7 +241,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            **({"capacity_optimizer": self.capacity_optimizer.state_dict()} if self.capacity_optimizer else {}),
+            **({"capacity_multiplier": self.capacity_multiplier.clone()} if self.capacity_multiplier is not None else {}),
             "data_generator": self.data_generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
             "first_bad_step": self._first_bad_step.clone(),
@@ -262,8 +252,8 @@ class Trainer:
         self.step = int(state["step"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.capacity_optimizer is not None and "capacity_optimizer" in state:
-            self.capacity_optimizer.load_state_dict(state["capacity_optimizer"])
+        if self.capacity_multiplier is not None and "capacity_multiplier" in state:
+            self.capacity_multiplier = state["capacity_multiplier"].to(self.device)
         self.data_generator.set_state(state["data_generator"].cpu())
         self.noise_generator.set_state(state["noise_generator"].cpu())
         self._first_bad_step = state["first_bad_step"].to(self.device)

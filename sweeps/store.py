@@ -68,7 +68,7 @@ RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 CONTRACT_METRICS: tuple[str, ...] = (
     "rate", "distortion", "nelbo", "sse", "active_units",
     "mutual_info", "marginal_kl", "total_correlation", "dimwise_kl",
-    "capacity", "beta", "train/loss", "train/rate", "train/distortion",
+    "capacity", "capacity_multiplier", "beta", "train/loss", "train/rate", "train/distortion",
     "mig", "sap", "factorvae_score", "betavae_score",
     "dci/disentanglement", "dci/completeness", "dci/informativeness",
 )  # fmt: skip

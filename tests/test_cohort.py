@@ -42,13 +42,15 @@ def _assert_same_state(trainer: Trainer, cohort: Cohort, k: int) -> None:
     for name, t in a["model"].items():
         assert torch.equal(t, b["model"][name]), f"member {k}: {name} differs"
     assert a.keys() == b.keys()
-    for opt in [key for key in a if key.endswith("optimizer")]:  # the capacity objective has a second Adam
+    for opt in [key for key in a if key.endswith("optimizer")]:
         sa, sb = a[opt]["state"], b[opt]["state"]
         assert sa.keys() == sb.keys()
         for i in sa:
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 assert torch.equal(sa[i][key], sb[i][key]), f"member {k}: {opt} {i}.{key} differs"
         assert a[opt]["param_groups"] == b[opt]["param_groups"]
+    if "capacity_multiplier" in a:  # the capacity objective's λ
+        assert torch.equal(a["capacity_multiplier"], b["capacity_multiplier"]), f"member {k}: λ differs"
     assert torch.equal(a["data_generator"], b["data_generator"])
     assert torch.equal(a["noise_generator"], b["noise_generator"])
 
@@ -83,13 +85,7 @@ def test_vmap_cohort_matches_its_trainers_to_float_rounding(arch, schedule):
         trainer.fit(4)
         ours = cohort.member_state_dict(k)["model"]
         for name, t in trainer.model.state_dict().items():
-            if arch == "burgess" and schedule == "linear_capacity":
-                # |KL − C| has a kink at KL = C: a rounding-level difference in KL can flip the sign of the whole
-                # penalty gradient for a step, and Adam turns that into O(lr) weight differences (measured ≤ 0.09
-                # relative in norm after 4 steps) that the held-out figures barely see (≤ 7e-4 relative)
-                assert (ours[name] - t).norm() <= 0.25 * t.norm() + 1e-6, name
-            else:
-                torch.testing.assert_close(ours[name], t, rtol=VMAP_RTOL, atol=VMAP_RTOL * t.abs().max().item())
+            torch.testing.assert_close(ours[name], t, rtol=VMAP_RTOL, atol=VMAP_RTOL * t.abs().max().item())
         expected = trainer.evaluate()
         for key in ("rate", "distortion"):
             assert metrics[k][key] == pytest.approx(expected[key], rel=VMAP_RTOL, abs=1e-4)
