@@ -79,21 +79,29 @@ def default_concurrency(spec: SweepSpec) -> int:
     fits = int(total.get("CPU", 1) // spec.resources.cpu)
     if spec.resources.gpu > 0:
         fits = min(fits, int(total.get("GPU", 0) // spec.resources.gpu) or 1)
-    return max(1, min(fits, spec.search.trials))
+    return max(1, min(fits, math.ceil(spec.search.trials / spec.search.cohort)))  # a cohort trial trains several
 
 
 def _rows_from_results(results, spec: SweepSpec) -> list:
     from .outcome import trial_outcome
     from .progress import TrialRow
 
+    from .cohorts import is_cohort, member_id, member_result
+
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        row = TrialRow(str(metrics.get("trial_id", Path(result.path).name)), _shown_params(spec, result.config or {}))
-        row.step = int(metrics.get("step", 0) or 0)
-        row.rate, row.distortion = metrics.get("rate", math.nan), metrics.get("distortion", math.nan)
-        row.status = trial_outcome(metrics, error=result.error is not None, objectives=spec.search.objectives).label
-        rows.append(row)
+        trial_id = str(metrics.get("trial_id", Path(result.path).name))
+        config = result.config or {}
+        entries = ([(member_id(trial_id, j), m["params"], member_result(metrics, j)) for j, m in enumerate(config["members"])]
+                   if is_cohort(config) else [(trial_id, config, metrics)])  # fmt: skip
+        for row_id, params, own in entries:
+            own = own or {}
+            row = TrialRow(row_id, _shown_params(spec, params))
+            row.step = int(own.get("step", 0) or 0)
+            row.rate, row.distortion = own.get("rate", math.nan), own.get("distortion", math.nan)
+            row.status = trial_outcome(own, error=result.error is not None, objectives=spec.search.objectives).label
+            rows.append(row)
     return rows
 
 
@@ -113,6 +121,15 @@ def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> li
     return [MLflowTracking(tracking_uri, spec.experiment, spec.name, sweep_key(spec), spec.raw),
             LiveFrontier(tracking_uri, spec.raw, sweep_key(spec)),
             SweepProgress(total_trials, spec.base_config.train.steps, show_params=partial(_shown_params, spec))]  # fmt: skip
+
+
+def tune_callbacks(spec: SweepSpec, callbacks: list) -> list:
+    """What Tune is given: the callbacks themselves, or with fused cohorts each wrapped to see one trial per member."""
+    if spec.search.cohort == 1:
+        return callbacks
+    from .cohorts import MemberFanOut
+
+    return [MemberFanOut(c) for c in callbacks]
 
 
 def _planned_trials(spec: SweepSpec) -> int:
@@ -161,7 +178,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         searcher = None
         if resume:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-            _replace_callbacks(tuner, callbacks)
+            _replace_callbacks(tuner, tune_callbacks(spec, callbacks))
             print(f"sweep {spec.name}: resuming from {path}; tracking {uri}", file=sys.stderr, flush=True)
         else:
             concurrency = default_concurrency(spec)
@@ -169,18 +186,21 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
-                                            num_samples=trials, reuse_actors=True,
+                                            num_samples=trials if spec.search.cohort == 1 else -1,  # cohorts: until the searcher ends
+                                            reuse_actors=True,
                                             trial_dirname_creator=lambda trial: trial.trial_id),  # fmt: skip
                 run_config=tune.RunConfig(
                     name=spec.name,
                     storage_path=storage_root(spec),
-                    callbacks=callbacks,
+                    callbacks=tune_callbacks(spec, callbacks),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
                     verbose=0,
                 ),
             )
-            print(f"sweep {spec.name}: {trials} trials, {concurrency} at a time, sampler {spec.search.sampler}; "
+            at_once = (f"{concurrency} at a time" if spec.search.cohort == 1 else
+                       f"in fused cohorts of up to {spec.search.cohort}, {concurrency} cohorts at a time")  # fmt: skip
+            print(f"sweep {spec.name}: {trials} trials, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
         results = tuner.fit()
     except KeyboardInterrupt:

@@ -89,6 +89,11 @@ def grid_size(spec: SweepSpec) -> int:
 
 def build_searcher(spec: SweepSpec, concurrency: int) -> ConcurrencyLimiter:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.search.cohort > 1:
+        from .cohorts import CohortSearch
+
+        trials = min(spec.search.trials, grid_size(spec)) if spec.search.sampler == "grid" else spec.search.trials
+        return ConcurrencyLimiter(CohortSearch(spec, make_sampler(spec), trials), max_concurrent=concurrency)
     searcher = SweepSearch(space=DefineByRun(spec.space), metric=list(spec.search.objectives),
                            mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec),
                            seed=spec.search.seed)  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from bvae_core.atomic import torch_bytes, write_atomically
 from bvae_core.data import Dataset, GroundTruthDataset, make_dataset
 from bvae_core.trainer import resolve_device
 
+from .cohorts import is_cohort, member_folder
 from .faults import fault_plan
 from .outcome import DONE_KEY, NOTICE_KEY
 from .spec import parse_spec
@@ -53,8 +55,12 @@ def cap_gpu_memory(share: float) -> float | None:
 
 
 def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Function trainable. ``params`` are the trial's flat sampled parameters; ``spec`` the raw sweep spec."""
+    """Function trainable. ``params`` are the trial's flat sampled parameters (or, for a fused cohort, its members':
+    :mod:`sweeps.cohorts`); ``spec`` the raw sweep spec."""
     sweep = parse_spec(spec)
+    if is_cohort(params):
+        _train_cohort(params, sweep)
+        return
     config = sweep.trial_config(params)
     cap_gpu_memory(sweep.resources.gpu)
     trainer = Trainer(config, dataset=_dataset_for(config))
@@ -63,7 +69,7 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
     history: list[dict[str, float]] = []
     notice = None
     if checkpoint is not None:
-        history, notice = _restore(trainer, checkpoint)
+        notice = _restore(lambda candidate: history.extend(_load(trainer, candidate)), checkpoint, lambda: trainer.step)
     total, latest_train = config.train.steps, {}
     # Always end with a report: a trial restored from its final checkpoint (it finished, but the driver died before
     # Tune recorded that) reports its final, deterministic evaluation again instead of ending with no result.
@@ -84,7 +90,8 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         if notice:
             metrics[NOTICE_KEY], notice = notice, None  # said once, on the first report after the restore
         if metrics[DONE_KEY] and sweep.eval.metrics:
-            metrics.update(_disentanglement(trainer, sweep.eval.metrics, sweep.eval.preset, config.seed))
+            metrics.update(_disentanglement(trainer.model, trainer.dataset, sweep.eval.metrics, sweep.eval.preset,
+                                            config.seed))  # fmt: skip
         if not history or history[-1]["step"] != trainer.step:
             history.append({"step": trainer.step, "rate": metrics["rate"], "capacity": metrics.get("capacity")})
         with tempfile.TemporaryDirectory() as folder:
@@ -94,10 +101,91 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
                 trainer.save(Path(folder) / CHECKPOINT_FILE)
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
             if metrics[DONE_KEY]:
-                _write_trial_plots(trainer, metrics, history, Path(folder))
+                _write_trial_plots(trainer.model, trainer.likelihood, trainer.dataset, metrics, history, Path(folder))
             _report(metrics, folder)
         if metrics[DONE_KEY]:
             return
+
+
+COHORT_FILE = "cohort.pt"
+
+
+def _train_cohort(params: dict[str, Any], sweep) -> None:
+    """A fused cohort (``search.cohort``): the members' configurations trained as one model. Every report carries each
+    member's metrics under ``members``; the final checkpoint a plain ``Trainer`` checkpoint and the figures per
+    member (``member_<j>/``), beside the whole cohort's state for a restore."""
+    from bvae_core.cohort import FAILED, Cohort
+
+    members = params["members"]
+    configs = [sweep.trial_config(m["params"]) for m in members]
+    cap_gpu_memory(sweep.resources.gpu)
+    cohort = Cohort(configs, dataset=_dataset_for(configs[0]))
+    size, train = len(configs), configs[0].train
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(size)]
+    checkpoint = tune.get_checkpoint()
+    faults, trial_id = fault_plan(), tune.get_context().get_trial_id()
+    notice = None
+    if checkpoint is not None:
+        notice = _restore(lambda candidate: _load_cohort(cohort, candidate, histories), checkpoint, lambda: cohort.step)
+    latest: list[dict[str, float]] = [{} for _ in range(size)]
+
+    def keep_train_metrics(per_member: list[dict[str, float]]) -> None:
+        for k, metrics in enumerate(per_member):
+            latest[k].update(metrics)
+
+    while True:
+        if cohort.step < train.steps and any(cohort.active):
+            cohort.fit(min(train.eval_every, train.steps - cohort.step), on_log=keep_train_metrics)
+        if faults is not None:
+            faults.check(trial_id, cohort.step, restored=checkpoint is not None)
+        done = cohort.step >= train.steps or not any(cohort.active)
+        evaluated = [k for k in range(size) if cohort.status[k] != FAILED]
+        results: dict[str, dict[str, Any]] = {}
+        for k, metrics in zip(evaluated, cohort.evaluate(evaluated)):
+            metrics.update({key: v for key, v in latest[k].items() if key.startswith("train/")})
+            metrics["step"] = float(cohort.member_steps(k))
+            metrics[DONE_KEY] = cohort.member_steps(k) >= train.steps
+            if metrics[DONE_KEY] and sweep.eval.metrics:
+                metrics.update(_disentanglement(cohort.member_model(k), cohort.dataset, sweep.eval.metrics,
+                                                sweep.eval.preset, configs[k].seed))  # fmt: skip
+            if not histories[k] or histories[k][-1]["step"] != metrics["step"]:
+                histories[k].append({"step": metrics["step"], "rate": metrics["rate"], "capacity": metrics.get("capacity")})
+            results[str(k)] = metrics
+        for k in range(size):
+            if cohort.status[k] == FAILED:  # its loss went non-finite: masked, the others trained on
+                results[str(k)] = {"rate": math.nan, "distortion": math.nan, "step": float(cohort.member_steps(k)),
+                                   DONE_KEY: False, "error": cohort.errors[k]}  # fmt: skip
+        report: dict[str, Any] = {"members": results, "step": float(cohort.step), DONE_KEY: done}
+        if notice:
+            report[NOTICE_KEY], notice = notice, None
+        with tempfile.TemporaryDirectory() as folder:
+            cohort.save(Path(folder) / COHORT_FILE)
+            (Path(folder) / HISTORY_FILE).write_text(json.dumps(histories))
+            if done:
+                for k in evaluated:
+                    own = Path(folder) / member_folder(k)
+                    own.mkdir()
+                    state = {key: v for key, v in cohort.member_state_dict(k).items() if not key.endswith("optimizer")}
+                    write_atomically(own / CHECKPOINT_FILE, torch_bytes(state))  # as _save_final
+                    _write_trial_plots(cohort.member_model(k), cohort.likelihood, cohort.dataset, results[str(k)],
+                                       histories[k], own)  # fmt: skip
+            _report(report, folder)
+        if done:
+            return
+
+
+def _load_cohort(cohort, checkpoint: tune.Checkpoint, histories: list[list[dict[str, Any]]]) -> None:
+    try:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / COHORT_FILE, map_location="cpu", weights_only=False)
+            history_file = Path(folder) / HISTORY_FILE
+            saved = json.loads(history_file.read_text()) if history_file.exists() else []
+    except Exception as exc:  # noqa: BLE001 - a truncated, corrupt or half-stored checkpoint fails in many ways
+        raise CheckpointError(f"{checkpoint.path}/{COHORT_FILE} is unreadable ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]})") from None  # fmt: skip
+    cohort.load_state_dict(state)
+    for k, history in enumerate(saved[: len(histories)]):
+        histories[k][:] = history
 
 
 #: Seconds between attempts to store a checkpoint whose upload failed (an S3 hiccup): ~1 minute survived in all.
@@ -155,18 +243,18 @@ def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]
 
 
-def _restore(trainer: Trainer, checkpoint: tune.Checkpoint) -> tuple[list[dict[str, float]], str | None]:
-    """Load the trial's latest checkpoint; if it cannot be read (truncated, corrupt), say which file and fall back to
-    the previous checkpoint Tune kept. Returns (history, the notice to report or None)."""
+def _restore(load: Callable[[tune.Checkpoint], None], checkpoint: tune.Checkpoint, step: Callable[[], int]) -> str | None:
+    """``load`` the trial's latest checkpoint; if it cannot be read (truncated, corrupt: ``load`` raises
+    :class:`CheckpointError`), say which file and fall back to the previous checkpoint Tune kept. Returns the notice
+    to report, or None."""
     problems: list[str] = []
     for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
         try:
-            history = _load(trainer, candidate)
+            load(candidate)
         except CheckpointError as exc:
             problems.append(str(exc))
             continue
-        return history, (f"{'; '.join(problems)}; restored from {candidate.path} (step {trainer.step})"
-                         if problems else None)  # fmt: skip
+        return f"{'; '.join(problems)}; restored from {candidate.path} (step {step()})" if problems else None
     raise CheckpointError("; ".join(problems) + "; no earlier checkpoint to restore from")
 
 
@@ -179,36 +267,37 @@ def _save_final(trainer: Trainer, path: Path) -> None:
     write_atomically(path, torch_bytes(state))
 
 
-def _disentanglement(trainer: Trainer, names: list[str], preset: str, seed: int) -> dict[str, Any]:
+def _disentanglement(model: torch.nn.Module, dataset: Dataset, names: list[str], preset: str, seed: int) -> dict[str, Any]:
     """The spec's disentanglement metrics on the encoder means, and the parameters they used (logged as params)."""
     from functools import partial
 
     from bvae_core.evaluation import encode_means
     from bvae_core.metrics import compute_metrics, metric_params
 
-    results: dict[str, Any] = compute_metrics(names, trainer.dataset, partial(encode_means, trainer.model), preset, seed)
+    results: dict[str, Any] = compute_metrics(names, dataset, partial(encode_means, model), preset, seed)
     results["metric_params"] = metric_params(names, preset)
     return results
 
 
-def _write_trial_plots(trainer: Trainer, metrics: dict[str, float], history: list[dict], folder: Path) -> None:
+def _write_trial_plots(model: torch.nn.Module, likelihood: Any, dataset: Dataset, metrics: dict[str, float],
+                       history: list[dict], folder: Path) -> None:  # fmt: skip
     """The final checkpoint carries the trial's figures; the tracking callback logs them to the trial's run."""
     import matplotlib.pyplot as plt
 
     from bvae_core.plots import kl_against_capacity, save_model_plots
 
-    save_model_plots(trainer.model, trainer.likelihood, trainer.dataset, metrics, folder)
+    save_model_plots(model, likelihood, dataset, metrics, folder)
     figures = {}
     if history and history[-1].get("capacity") is not None:
         figures["kl_vs_capacity.png"] = kl_against_capacity(history)
-    if isinstance(trainer.dataset, GroundTruthDataset):
+    if isinstance(dataset, GroundTruthDataset):
         from bvae_core.evaluation import encode_means
         from bvae_core.plots import latent_factor_correlation
 
-        factors = trainer.dataset.test_factors[:2000]
-        codes = encode_means(trainer.model, trainer.dataset.render(factors))
+        factors = dataset.test_factors[:2000]
+        codes = encode_means(model, dataset.render(factors))
         figures["latent_factor_correlation.png"] = latent_factor_correlation(
-            codes.numpy(), factors.cpu().numpy(), trainer.dataset.factor_names)  # fmt: skip
+            codes.numpy(), factors.cpu().numpy(), dataset.factor_names)  # fmt: skip
     for name, fig in figures.items():
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)

@@ -1,0 +1,230 @@
+"""Fused cohorts in a sweep (``search.cohort: K``): one Ray trial trains K sampled configurations as one model
+(:class:`bvae_core.cohort.Cohort`), and each member stays a trial everywhere a user looks.
+
+- :class:`CohortSearch` asks Optuna one trial per member (told one by one when the cohort ends) and puts members
+  that can share a model (same :func:`~bvae_core.cohort.cohort_key`) in one Tune trial; a sampled configuration
+  that cannot join the cohort being formed waits for the next one. It ends the search when the budget is asked.
+- :class:`MemberFanOut` wraps the driver's callbacks (MLflow tracking, live frontier, progress): every hook about
+  a cohort trial becomes one hook per member, with a :class:`MemberTrial` view that has the member's id, params,
+  last result, checkpoint and error — so each member gets its own MLflow child run (found again on resume, as a
+  trial's is), its own progress line and its own frontier point.
+
+A cohort trial's config is ``{"members": [{"number": n, "params": {...}}, ...]}`` (n: the Optuna trial number);
+its results carry ``{"members": {"<j>": {metrics}}}`` and its final checkpoint a folder ``member_<j>/`` per member
+holding a plain ``Trainer`` checkpoint and the member's figures. Member ``j`` of Tune trial ``t`` is trial
+``t-j`` in MLflow, the progress lines and the frontier.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from ray.tune import Callback
+from ray.tune.search import Searcher
+
+from bvae_core.cohort import cohort_key
+
+from .space import DefineByRun
+from .spec import SweepSpec
+
+logger = logging.getLogger(__name__)
+
+MEMBERS_KEY = "members"
+
+
+def member_folder(j: int) -> str:
+    """The folder of member ``j``'s final checkpoint and figures inside its cohort trial's checkpoint."""
+    return f"member_{j}"
+
+
+def member_id(trial_id: str, j: int) -> str:
+    return f"{trial_id}-{j}"
+
+
+def is_cohort(config: Any) -> bool:
+    return isinstance(config, dict) and MEMBERS_KEY in config
+
+
+def member_result(result: dict[str, Any] | None, j: int) -> dict[str, Any] | None:
+    """Member ``j``'s metrics with Tune's own fields of the cohort's result (iteration, time)."""
+    if not result or MEMBERS_KEY not in result:
+        return None
+    own = result[MEMBERS_KEY].get(str(j))
+    if own is None:
+        return None
+    return {**{k: v for k, v in result.items() if k != MEMBERS_KEY}, **own}
+
+
+# ---------------------------------------------------------------------------------------------------- members
+@dataclass
+class MemberTrial:
+    """What the callbacks read of a trial (``trial_id``, ``config``, ``last_result``, ``checkpoint``,
+    ``error_file``, ``status``), for one member of a cohort trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any] | None
+    checkpoint: Any
+    error_file: str | None
+    status: str
+
+
+def members_of(trial: Any, result: dict[str, Any] | None = None) -> list[MemberTrial]:
+    """The member views of a cohort trial (``result``: the result being reported, else the trial's last)."""
+    from ray import tune
+
+    config = getattr(trial, "config", None) or {}
+    result = result if result is not None else getattr(trial, "last_result", None)
+    checkpoint = getattr(trial, "checkpoint", None)
+    views = []
+    for j, member in enumerate(config[MEMBERS_KEY]):
+        own_checkpoint = None
+        if checkpoint is not None:
+            own_checkpoint = tune.Checkpoint(f"{checkpoint.path.rstrip('/')}/{member_folder(j)}",
+                                             filesystem=checkpoint.filesystem)  # fmt: skip
+        views.append(MemberTrial(member_id(trial.trial_id, j), dict(member["params"]), member_result(result, j),
+                                 own_checkpoint, getattr(trial, "error_file", None), getattr(trial, "status", "")))  # fmt: skip
+    return views
+
+
+def expand(trials: list[Any]) -> list[Any]:
+    """Trials with each cohort trial replaced by its members."""
+    out: list[Any] = []
+    for trial in trials:
+        out.extend(members_of(trial) if is_cohort(getattr(trial, "config", None)) else [trial])
+    return out
+
+
+class MemberFanOut(Callback):
+    """Calls ``inner``'s hooks once per member for a cohort trial, as they are for a plain trial."""
+
+    def __init__(self, inner: Callback):
+        self.inner = inner
+
+    def setup(self, **info: Any) -> None:
+        self.inner.setup(**info)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.inner.on_step_end(iteration, expand(trials), **info)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.inner.on_experiment_end(expand(trials), **info)
+
+    def _each(self, hook: str, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        method = getattr(self.inner, hook)
+        if not is_cohort(getattr(trial, "config", None)):
+            method(iteration, trials, trial, **info)
+            return
+        everyone = expand(trials)
+        if hook == "on_trial_result":
+            result = info.pop("result")
+            for view in members_of(trial, result):
+                if view.last_result is not None:
+                    method(iteration, everyone, view, result=view.last_result, **info)
+            return
+        for view in members_of(trial):
+            method(iteration, everyone, view, **info)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._each("on_trial_start", iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._each("on_trial_result", iteration, trials, trial, result=result, **info)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._each("on_trial_complete", iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._each("on_trial_error", iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._each("on_trial_recover", iteration, trials, trial, **info)
+
+
+# ---------------------------------------------------------------------------------------------------- search
+class CohortSearch(Searcher):
+    """Optuna's ask/tell behind Tune, K configurations per Tune trial (see the module docstring)."""
+
+    def __init__(self, spec: SweepSpec, sampler: optuna.samplers.BaseSampler, trials: int):
+        objectives = list(spec.search.objectives)
+        super().__init__()  # no top-level metric: each member's objectives sit under "members" (Tune checks metrics)
+        self.objectives = objectives
+        self.size = spec.search.cohort
+        self.budget = trials
+        self._spec_raw = spec.raw
+        self._define = DefineByRun(spec.space)
+        self._study = optuna.create_study(directions=["minimize"] * len(objectives), sampler=sampler)
+        self._params: dict[int, dict[str, Any]] = {}  # asked trial number → its sampled flat params
+        self._waiting: dict[str, list[int]] = {}  # cohort key → asked trial numbers not yet in a Tune trial
+        self._cohorts: dict[str, list[int]] = {}  # Tune trial id → its members' trial numbers
+        self._told: set[int] = set()
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._study
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return True
+
+    def _key(self, params: dict[str, Any]) -> str:
+        from .spec import parse_spec
+
+        return cohort_key(parse_spec(self._spec_raw).trial_config(params))
+
+    def _ask(self) -> tuple[int, str]:
+        trial = self._study.ask()
+        self._define(trial)
+        self._params[trial.number] = dict(trial.params)
+        return trial.number, self._key(trial.params)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        members: list[int] = []
+        key = next((k for k, numbers in self._waiting.items() if numbers), None)
+        if key is not None:
+            members, self._waiting[key] = self._waiting[key][: self.size], self._waiting[key][self.size :]
+        while len(members) < self.size and len(self._params) < self.budget:
+            number, its_key = self._ask()
+            if key is None or its_key == key:
+                key = its_key
+                members.append(number)
+            else:
+                self._waiting.setdefault(its_key, []).append(number)
+        if not members:
+            return Searcher.FINISHED
+        self._cohorts[trial_id] = members
+        return {MEMBERS_KEY: [{"number": n, "params": dict(self._params[n])} for n in members]}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from .search import trial_state
+
+        for j, number in enumerate(self._cohorts.get(trial_id, [])):
+            if number in self._told:
+                continue
+            own = member_result(result, j)
+            state, values = trial_state(own, self.objectives, error)
+            try:
+                self._study.tell(number, values, state=state)
+            except Exception as exc:  # never leave the study RUNNING because of a bookkeeping error
+                logger.warning("could not tell Optuna about trial %d (%s); marking it FAIL", number, exc)
+                self._study.tell(number, None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            self._told.add(number)
+
+    # Tune saves the searcher with the experiment and restores it on `bvae sweep resume`.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def iter_member_params(config: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(j, flat params) of each member of a cohort trial's config."""
+    for j, member in enumerate(config[MEMBERS_KEY]):
+        yield j, dict(member["params"])
