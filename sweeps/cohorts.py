@@ -51,13 +51,19 @@ def is_cohort(config: Any) -> bool:
 
 
 def member_result(result: dict[str, Any] | None, j: int) -> dict[str, Any] | None:
-    """Member ``j``'s metrics with Tune's own fields of the cohort's result (iteration, time)."""
-    if not result or MEMBERS_KEY not in result:
+    """Member ``j``'s metrics with Tune's own fields of the cohort's result (iteration, time). ``result`` as
+    reported (``{"members": {"<j>": {...}}}``) or as Tune flattens it for searchers (``members/<j>/rate``)."""
+    if not result:
         return None
-    own = result[MEMBERS_KEY].get(str(j))
+    if MEMBERS_KEY in result:
+        own = result[MEMBERS_KEY].get(str(j))
+    else:
+        prefix = f"{MEMBERS_KEY}/{j}/"
+        own = {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)} or None
     if own is None:
         return None
-    return {**{k: v for k, v in result.items() if k != MEMBERS_KEY}, **own}
+    shared = {k: v for k, v in result.items() if k != MEMBERS_KEY and not k.startswith(f"{MEMBERS_KEY}/")}
+    return {**shared, **own}
 
 
 # ---------------------------------------------------------------------------------------------------- members
