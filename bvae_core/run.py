@@ -29,7 +29,7 @@ class ProgressPrinter:
         step = int(m["step"])
         elapsed = time.perf_counter() - self.started
         eta = elapsed / max(step, 1) * (self.total - step)
-        knob = f"C {m['capacity']:.2f}" if "capacity" in m else f"β {m['beta']:.4g}"
+        knob = f"C {m['capacity']:.2f} λ {m['capacity_multiplier']:.3g}" if "capacity" in m else f"β {m['beta']:.4g}"
         print(f"step {step:>{len(str(self.total))}}/{self.total} {100 * step / self.total:3.0f}%  "
               f"loss {m['train/loss']:.3f}  rate {m['train/rate']:.3f}  distortion {m['train/distortion']:.3f}  "
               f"{knob}  {m.get('images_per_s', 0):,.0f} img/s  eta {_fmt_duration(eta)}",

@@ -259,10 +259,9 @@ def _restore(load: Callable[[tune.Checkpoint], None], checkpoint: tune.Checkpoin
 
 
 def _save_final(trainer: Trainer, path: Path) -> None:
-    """The last checkpoint of a finished trial, without optimizer state (``optimizer``, ``capacity_optimizer``):
-    nothing trains from it again (a restore only re-reports it; ``bvae pick --register`` needs the model), and
-    Adam's two moments are twice the model's size (quickstart: 2.7 MB instead of 8.0 MB, 10.6 MB for a capacity
-    schedule; also in the tracking store's copy)."""
+    """The last checkpoint of a finished trial, without the optimizer state: nothing trains from it again (a restore
+    only re-reports it; ``bvae pick --register`` needs the model), and Adam's two moments are twice the model's size
+    (quickstart: 2.7 MB instead of 8.0 MB; also in the tracking store's copy)."""
     state = {key: value for key, value in trainer.state_dict().items() if not key.endswith("optimizer")}
     write_atomically(path, torch_bytes(state))
 
