@@ -175,14 +175,7 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
 
 
 def _load_cohort(cohort, checkpoint: tune.Checkpoint, histories: list[list[dict[str, Any]]]) -> None:
-    try:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / COHORT_FILE, map_location="cpu", weights_only=False)
-            history_file = Path(folder) / HISTORY_FILE
-            saved = json.loads(history_file.read_text()) if history_file.exists() else []
-    except Exception as exc:  # noqa: BLE001 - a truncated, corrupt or half-stored checkpoint fails in many ways
-        raise CheckpointError(f"{checkpoint.path}/{COHORT_FILE} is unreadable ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]})") from None  # fmt: skip
+    state, saved = _read_checkpoint(checkpoint, COHORT_FILE)
     cohort.load_state_dict(state)
     for k, history in enumerate(saved[: len(histories)]):
         histories[k][:] = history
@@ -212,15 +205,21 @@ class CheckpointError(RuntimeError):
     """None of a trial's checkpoints can be read."""
 
 
-def _load(trainer: Trainer, checkpoint: tune.Checkpoint) -> list[dict[str, float]]:
+def _read_checkpoint(checkpoint: tune.Checkpoint, name: str) -> tuple[dict[str, Any], list]:
+    """The state in ``name`` and the history of a checkpoint; :class:`CheckpointError` naming the file if unreadable."""
     try:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(folder) / name, map_location="cpu", weights_only=False)
             history_file = Path(folder) / HISTORY_FILE
             history = json.loads(history_file.read_text()) if history_file.exists() else []
     except Exception as exc:  # noqa: BLE001 - a truncated, corrupt or half-stored checkpoint fails in many ways
-        raise CheckpointError(f"{checkpoint.path}/{CHECKPOINT_FILE} is unreadable ({type(exc).__name__}: "
+        raise CheckpointError(f"{checkpoint.path}/{name} is unreadable ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]})") from None  # fmt: skip
+    return state, history
+
+
+def _load(trainer: Trainer, checkpoint: tune.Checkpoint) -> list[dict[str, float]]:
+    state, history = _read_checkpoint(checkpoint, CHECKPOINT_FILE)
     state.setdefault("optimizer", trainer.optimizer.state_dict())  # a final checkpoint has none (it trains no more)
     trainer.load_state_dict(state)
     return history
