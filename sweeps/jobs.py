@@ -359,6 +359,13 @@ def drive(spec_path: str) -> int:
         argv += ["--tracking-uri", uri]
     from ray import tune
 
+    from .preflight import PreflightError, check_storage
+
+    try:
+        check_storage(spec.storage.path)  # before Tune reads it: bad S3 keys are one line, not Tune's OSError
+    except PreflightError as exc:
+        print(f"bvae sweep: error: {exc}", file=sys.stderr)
+        return 2
     if tune.Tuner.can_restore(experiment_path(spec)):
         argv[1] = "resume"
     print(f"bvae job driver: {' '.join(argv)} (storage {experiment_path(spec)})", flush=True)

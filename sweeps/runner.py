@@ -147,13 +147,14 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     them."""
     from ray import tune
 
-    from .preflight import preflight
+    from .preflight import check_storage, preflight
     from .store import FAILED, KILLED, resolve_tracking_uri
     from .search import build_scheduler, build_searcher, optuna_study
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
+    check_storage(spec.storage.path)  # before Tune reads it: bad S3 keys are one line, not Tune's OSError
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
         raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")

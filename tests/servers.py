@@ -188,10 +188,12 @@ def server_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **QUIET_ENV, **extra}
 
 
-def start_moto(tmp: Path, timeout: float | None = 30.0) -> Server:
-    """moto's S3-compatible server on 127.0.0.1 (log: ``<tmp>/moto.log``)."""
+def start_moto(tmp: Path, timeout: float | None = 30.0, check_keys: bool = False) -> Server:
+    """moto's S3-compatible server on 127.0.0.1 (log: ``<tmp>/moto.log``). ``check_keys``: refuse every request whose
+    access key moto does not know (as AWS does; by default moto accepts any key)."""
+    env = server_env(INITIAL_NO_AUTH_ACTION_COUNT="0") if check_keys else server_env()
     return _start("moto", lambda port: [str(_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                  Path(tmp), server_env(), "/moto-api/", timeout)  # fmt: skip
+                  Path(tmp), env, "/moto-api/", timeout)  # fmt: skip
 
 
 def create_bucket(endpoint: str, name: str) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from sweeps.cli import main
 
-from servers import free_port
+from servers import free_port, start_moto
 
 BASE = {
     "dataset": {"name": "blobs", "resolution": 32},
@@ -119,3 +119,25 @@ def test_a_malformed_override_and_a_missing_spec_are_refused_too(tmp_path, capsy
     assert "absent.yaml" in capsys.readouterr().err
     assert main(["pick", "nosuch", "--rule", "knee", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no tracking store" in capsys.readouterr().err
+
+
+def test_bad_s3_credentials_exit_2_naming_the_storage_path(tmp_path, capsys, monkeypatch):
+    """A real S3-compatible server that checks access keys (moto with auth on): a key it does not know is refused at
+    the storage write probe, before anything starts."""
+    s3 = start_moto(tmp_path / "moto", check_keys=True)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-NOT-A-KEY")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+        work = tmp_path / "work"
+        work.mkdir()
+        monkeypatch.chdir(work)
+        (work / "spec.yaml").write_text(yaml.safe_dump({**GOOD, "storage": {"path": "s3://sweeps/bad"}}))
+        code = main(["sweep", "run", str(work / "spec.yaml")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err, err
+        assert "storage.path: cannot write to s3://sweeps/bad" in err and "INVALID_ACCESS_KEY_ID" in err, err
+        assert "not-a-secret" not in err  # the secret is never echoed
+        assert sorted(p.name for p in work.iterdir()) == ["spec.yaml"]  # nothing started, nothing written
+    finally:
+        s3.stop()
