@@ -225,8 +225,10 @@ def test_a_worker_node_dies_mid_sweep_and_every_trial_completes(cluster, tmp_pat
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["bvae.status"] == "completed"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "rate")]
-        # each evaluation logged once: a restarted trial continued from its checkpoint, not from step 0
-        assert sorted(steps) == list(range(100, 601, 100)), steps
+        # a restarted trial continued from its checkpoint, not from step 0: every evaluation logged, and at most the
+        # one evaluation reported while the node died (its checkpoint not yet the trial's) trained and logged again
+        assert sorted(set(steps)) == list(range(100, 601, 100)), steps
+        assert len(steps) - len(set(steps)) <= 1, steps
     for trial_id in unfinished:  # each unfinished trial lost its actor with the node and was started again
         assert logs.count(f"trial {trial_id} started") >= 2, f"trial {trial_id} was not restarted"
 
