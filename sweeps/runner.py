@@ -132,13 +132,6 @@ def tune_callbacks(spec: SweepSpec, callbacks: list) -> list:
     return [MemberFanOut(c) for c in callbacks]
 
 
-def _planned_trials(spec: SweepSpec) -> int:
-    from .search import grid_size
-
-    trials = spec.search.trials
-    return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
-
-
 def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = None) -> SweepOutcome:
     """Run (or, with ``resume``, continue) the sweep; return when every trial has ended.
 
@@ -147,22 +140,21 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     them."""
     from ray import tune
 
-    from .preflight import check_storage, preflight
+    from .preflight import preflight
     from .store import FAILED, KILLED, resolve_tracking_uri
-    from .search import build_scheduler, build_searcher, optuna_study
+    from .search import build_scheduler, build_searcher, optuna_study, planned_trials
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
-    check_storage(spec.storage.path)  # before Tune reads it: bad S3 keys are one line, not Tune's OSError
+    preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
         raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
-    preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before anything starts
-    trials = _planned_trials(spec)
+    trials = planned_trials(spec)
     callbacks = build_callbacks(spec, uri, trials)
     tracking, live = callbacks[0], callbacks[1]
     try:

@@ -87,13 +87,18 @@ def grid_size(spec: SweepSpec) -> int:
     return math.prod(len(v) for v in grid_values(spec.space).values())
 
 
+def planned_trials(spec: SweepSpec) -> int:
+    """The trials the sweep will run: ``search.trials``, at most the grid's size for the grid sampler."""
+    trials = spec.search.trials
+    return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
+
+
 def build_searcher(spec: SweepSpec, concurrency: int) -> ConcurrencyLimiter:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.search.cohort > 1:
         from .cohorts import CohortSearch
 
-        trials = min(spec.search.trials, grid_size(spec)) if spec.search.sampler == "grid" else spec.search.trials
-        return ConcurrencyLimiter(CohortSearch(spec, make_sampler(spec), trials), max_concurrent=concurrency)
+        return ConcurrencyLimiter(CohortSearch(spec, make_sampler(spec), planned_trials(spec)), max_concurrent=concurrency)
     searcher = SweepSearch(space=DefineByRun(spec.space), metric=list(spec.search.objectives),
                            mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec),
                            seed=spec.search.seed)  # fmt: skip
