@@ -4,12 +4,15 @@
 - :class:`CohortSearch` asks Optuna one trial per member (told one by one when the cohort ends) and puts members
   that can share a model (same :func:`~bvae_core.cohort.cohort_key`) in one Tune trial; a sampled configuration
   that cannot join the cohort being formed waits for the next one. It ends the search when the budget is asked.
+  With ``search.scheduler`` it starts the sweep's rungs actor (:mod:`sweeps.member_scheduler`) that judges each
+  member on its own, and keeps what it records for a resume.
 - :class:`MemberFanOut` wraps the driver's callbacks (MLflow tracking, live frontier, progress): every hook about
   a cohort trial becomes one hook per member, with a :class:`MemberTrial` view that has the member's id, params,
   last result, checkpoint and error — so each member gets its own MLflow child run (found again on resume, as a
   trial's is), its own progress line and its own frontier point.
 
-A cohort trial's config is ``{"members": [{"number": n, "params": {...}}, ...]}`` (n: the Optuna trial number);
+A cohort trial's config is ``{"members": [{"number": n, "params": {...}}, ...]}`` (n: the Optuna trial number;
+with ``search.scheduler`` also ``"rungs_actor"``: :mod:`sweeps.member_scheduler`);
 its results carry ``{"members": {"<j>": {metrics}}}`` and its final checkpoint a folder ``member_<j>/`` per member
 holding a plain ``Trainer`` checkpoint and the member's figures. Member ``j`` of Tune trial ``t`` is trial
 ``t-j`` in MLflow, the progress lines and the frontier.
@@ -29,12 +32,20 @@ from ray.tune.search import Searcher
 
 from bvae_core.cohort import cohort_key
 
+from .member_scheduler import evaluation_index, evaluations, start_rungs_actor
 from .space import DefineByRun
 from .spec import SweepSpec
 
 logger = logging.getLogger(__name__)
 
 MEMBERS_KEY = "members"
+
+#: Set on a member's result that repeats an earlier one (the member was stopped or failed before this report): the
+#: driver's callbacks skip it, so nothing is logged twice; it stays the member's last result for its outcome.
+REPEAT_KEY = "repeat"
+
+#: In a cohort trial's config when the sweep has a scheduler: the name of the actor judging its members.
+RUNGS_KEY = "rungs_actor"
 
 
 def member_folder(j: int) -> str:
@@ -130,7 +141,7 @@ class MemberFanOut(Callback):
         if hook == "on_trial_result":
             result = info.pop("result")
             for view in members_of(trial, result):
-                if view.last_result is not None:
+                if view.last_result is not None and not view.last_result.get(REPEAT_KEY):
                     method(iteration, everyone, view, result=view.last_result, **info)
             return
         for view in members_of(trial):
@@ -169,6 +180,13 @@ class CohortSearch(Searcher):
         self._waiting: dict[str, list[int]] = {}  # cohort key → asked trial numbers not yet in a Tune trial
         self._cohorts: dict[str, list[int]] = {}  # Tune trial id → its members' trial numbers
         self._told: set[int] = set()
+        # Early stopping per member (sweeps.member_scheduler): the rungs actor and what it has recorded.
+        self._scheduler = spec.search.scheduler
+        train = spec.base_config.train
+        self._eval_every, self._max_evaluations = train.eval_every, evaluations(train.steps, train.eval_every)
+        self._rungs_name = rungs_actor_name(spec)
+        self._records: dict[tuple[str, int], float] = {}
+        self._rungs: Any = None
 
     @property
     def study(self) -> optuna.Study:
@@ -188,7 +206,13 @@ class CohortSearch(Searcher):
         self._params[trial.number] = dict(trial.params)
         return trial.number, self._key(trial.params)
 
+    def _ensure_rungs(self) -> None:
+        if self._scheduler is not None and self._rungs is None:
+            records = [(member, evaluation, value) for (member, evaluation), value in self._records.items()]
+            self._rungs = start_rungs_actor(self._rungs_name, self._scheduler, self._max_evaluations, records)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        self._ensure_rungs()  # before the first cohort trial can ask it
         members: list[int] = []
         key = next((k for k, numbers in self._waiting.items() if numbers), None)
         if key is not None:
@@ -203,7 +227,21 @@ class CohortSearch(Searcher):
         if not members:
             return Searcher.FINISHED
         self._cohorts[trial_id] = members
-        return {MEMBERS_KEY: [{"number": n, "params": dict(self._params[n])} for n in members]}
+        config: dict[str, Any] = {MEMBERS_KEY: [{"number": n, "params": dict(self._params[n])} for n in members]}
+        if self._scheduler is not None:
+            config[RUNGS_KEY] = self._rungs_name  # the trainable asks this actor whether a member stops
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Keep what the rungs actor records (a member's metric at each evaluation), to seed it again on resume."""
+        if self._scheduler is None:
+            return
+        for j, _ in enumerate(self._cohorts.get(trial_id, [])):
+            own = member_result(result, j)
+            if not own or own.get(REPEAT_KEY) or not isinstance(own.get(self._scheduler.metric), (int, float)):
+                continue
+            evaluation = evaluation_index(own.get("step", 0), self._eval_every)
+            self._records.setdefault((member_id(trial_id, j), evaluation), float(own[self._scheduler.metric]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from .search import trial_state
@@ -221,13 +259,28 @@ class CohortSearch(Searcher):
             self._told.add(number)
 
     # Tune saves the searcher with the experiment and restores it on `bvae sweep resume`.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rungs": None}  # an actor handle belongs to the driver that made it
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self.__getstate__(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self._rungs = None
+        self._ensure_rungs()  # seeded with what the first driver recorded, before the restored trials ask it
+
+
+def rungs_actor_name(spec: SweepSpec) -> str:
+    """The name of the sweep's member-rungs actor: one per sweep (its storage folder), the same after a resume."""
+    import hashlib
+
+    from .member_scheduler import actor_name
+    from .runner import experiment_path
+
+    return actor_name(hashlib.sha1(experiment_path(spec).encode()).hexdigest()[:16])
 
 
 def iter_member_params(config: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -192,7 +192,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                 ),
             )
             at_once = (f"{concurrency} at a time" if spec.search.cohort == 1 else
-                       f"in fused cohorts of up to {spec.search.cohort}, {concurrency} cohorts at a time")  # fmt: skip
+                       f"in fused cohorts of up to {spec.search.cohort}, {concurrency} cohorts at a time"
+                       + (", each member stopped early on its own" if spec.search.scheduler else ""))  # fmt: skip
             print(f"sweep {spec.name}: {trials} trials, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
         results = tuner.fit()

@@ -17,6 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from .member_scheduler import evaluations as _evaluations
 from .outcome import trial_outcome
 from .space import DefineByRun, grid_values
 from .spec import SweepSpec
@@ -106,10 +107,12 @@ def build_searcher(spec: SweepSpec, concurrency: int) -> ConcurrencyLimiter:
 
 
 def build_scheduler(spec: SweepSpec) -> TrialScheduler | None:
+    """Tune's ASHA on the spec's metric; None without ``search.scheduler``, and with fused cohorts, whose members are
+    judged one by one inside their trial (:mod:`sweeps.member_scheduler`)."""
     settings = spec.search.scheduler
-    if settings is None:
+    if settings is None or spec.search.cohort > 1:
         return None
-    evaluations = math.ceil(spec.base_config.train.steps / spec.base_config.train.eval_every)
+    evaluations = _evaluations(spec.base_config.train.steps, spec.base_config.train.eval_every)
     return ASHAScheduler(time_attr="training_iteration", metric=settings.metric, mode=settings.mode,
                          max_t=evaluations, grace_period=min(settings.grace_period, evaluations),
                          reduction_factor=settings.reduction_factor)  # fmt: skip

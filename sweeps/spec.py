@@ -289,9 +289,6 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
         for path, dist in space.items():
             if not isinstance(dist, Choice) or any(nested_distributions(o) for o in dist.options):
                 raise SpecError(f"search.space.{path}: the grid sampler needs a plain choice list of values")
-    if model.search.cohort > 1 and model.search.scheduler is not None:
-        raise SpecError("search.scheduler: early stopping acts on whole Ray trials, so it cannot be combined with "
-                        f"search.cohort: {model.search.cohort}; remove one of them")  # fmt: skip
     if model.search.scheduler is not None and model.search.scheduler.metric not in _SCHEDULER_METRICS:
         raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
                         f"got {model.search.scheduler.metric!r}")  # fmt: skip

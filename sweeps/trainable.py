@@ -20,7 +20,8 @@ from bvae_core.atomic import torch_bytes, write_atomically
 from bvae_core.data import Dataset, GroundTruthDataset, make_dataset
 from bvae_core.trainer import resolve_device
 
-from .cohorts import is_cohort, member_folder
+from .cohorts import REPEAT_KEY, RUNGS_KEY, is_cohort, member_folder, member_id
+from .member_scheduler import MemberJudge, evaluation_index
 from .faults import fault_plan
 from .outcome import DONE_KEY, NOTICE_KEY
 from .spec import parse_spec
@@ -114,7 +115,7 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
     """A fused cohort (``search.cohort``): the members' configurations trained as one model. Every report carries each
     member's metrics under ``members``; the final checkpoint a plain ``Trainer`` checkpoint and the figures per
     member (``member_<j>/``), beside the whole cohort's state for a restore."""
-    from bvae_core.cohort import FAILED, Cohort
+    from bvae_core.cohort import ACTIVE, FAILED, Cohort
 
     members = params["members"]
     configs = [sweep.trial_config(m["params"]) for m in members]
@@ -133,15 +134,21 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
         for k, metrics in enumerate(per_member):
             latest[k].update(metrics)
 
+    judge = None
+    if params.get(RUNGS_KEY) and sweep.search.scheduler is not None:  # early stopping per member
+        judge = MemberJudge(params[RUNGS_KEY], sweep.search.scheduler.metric)
+    last: dict[int, dict[str, Any]] = {}  # the latest result of each member stopped or failed
+
     while True:
+        # Members not training at the start of this round (stopped or failed, then reported) repeat that result.
+        reported = [status != ACTIVE for status in cohort.status]
         if cohort.step < train.steps and any(cohort.active):
             cohort.fit(min(train.eval_every, train.steps - cohort.step), on_log=keep_train_metrics)
         if faults is not None:
             faults.check(trial_id, cohort.step, restored=checkpoint is not None)
-        done = cohort.step >= train.steps or not any(cohort.active)
-        evaluated = [k for k in range(size) if cohort.status[k] != FAILED]
+        fresh = [k for k in range(size) if not reported[k] and cohort.status[k] != FAILED]
         results: dict[str, dict[str, Any]] = {}
-        for k, metrics in zip(evaluated, cohort.evaluate(evaluated)):
+        for k, metrics in zip(fresh, cohort.evaluate(fresh)):
             metrics.update({key: v for key, v in latest[k].items() if key.startswith("train/")})
             metrics["step"] = float(cohort.member_steps(k))
             metrics[DONE_KEY] = cohort.member_steps(k) >= train.steps
@@ -151,10 +158,20 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
             if not histories[k] or histories[k][-1]["step"] != metrics["step"]:
                 histories[k].append({"step": metrics["step"], "rate": metrics["rate"], "capacity": metrics.get("capacity")})
             results[str(k)] = metrics
+            if judge is not None and not metrics[DONE_KEY]:
+                evaluation = evaluation_index(metrics["step"], train.eval_every)
+                if judge.should_stop(member_id(trial_id, k), evaluation, metrics):
+                    cohort.stop(k)  # stops updating; its checkpoint is kept as of this evaluation
+                    last[k] = metrics
         for k in range(size):
-            if cohort.status[k] == FAILED:  # its loss went non-finite: masked, the others trained on
-                results[str(k)] = {"rate": math.nan, "distortion": math.nan, "step": float(cohort.member_steps(k)),
-                                   DONE_KEY: False, "error": cohort.errors[k]}  # fmt: skip
+            if cohort.status[k] == FAILED and not reported[k]:  # its loss went non-finite: masked, the others trained on
+                last[k] = results[str(k)] = _member_failure(cohort, k)
+            elif reported[k]:
+                if k not in last:  # restored: what it reported before (a stopped member's frozen model evaluates the same)
+                    last[k] = (_member_failure(cohort, k) if cohort.status[k] == FAILED else
+                               {**cohort.evaluate([k])[0], "step": float(cohort.member_steps(k)), DONE_KEY: False})  # fmt: skip
+                results[str(k)] = {**last[k], REPEAT_KEY: True}
+        done = cohort.step >= train.steps or not any(cohort.active)
         report: dict[str, Any] = {"members": results, "step": float(cohort.step), DONE_KEY: done}
         if notice:
             report[NOTICE_KEY], notice = notice, None
@@ -162,7 +179,7 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
             cohort.save(Path(folder) / COHORT_FILE)
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(histories))
             if done:
-                for k in evaluated:
+                for k in (k for k in range(size) if cohort.status[k] != FAILED):
                     own = Path(folder) / member_folder(k)
                     own.mkdir()
                     state = {key: v for key, v in cohort.member_state_dict(k).items() if not key.endswith("optimizer")}
@@ -172,6 +189,12 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
             _report(report, folder)
         if done:
             return
+
+
+def _member_failure(cohort, k: int) -> dict[str, Any]:
+    """The result of a member whose loss went non-finite (FAIL, with the step and terms it happened at)."""
+    return {"rate": math.nan, "distortion": math.nan, DONE_KEY: False, "step": float(cohort.member_steps(k)),
+            "error": cohort.errors[k]}  # fmt: skip
 
 
 def _load_cohort(cohort, checkpoint: tune.Checkpoint, histories: list[list[dict[str, Any]]]) -> None:

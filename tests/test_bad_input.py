@@ -67,8 +67,8 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("fractional GPUs over 1", _with("resources.gpu", 1.5), "resources.gpu"),
         ("scheduler on an unknown metric", _with("search.scheduler", {"metric": "elbo"}), "scheduler.metric"),
         ("cohort of 0", _with("search.cohort", 0), "search.cohort"),
-        ("cohort with a scheduler", {**_with("search.cohort", 4), "search": {**GOOD["search"], "cohort": 4,
-                                     "scheduler": {"metric": "nelbo"}}}, "search.scheduler"),  # fmt: skip
+        ("scheduler halving by ≤ 1", _with("search.scheduler", {"metric": "nelbo", "reduction_factor": 1}),
+         "search.scheduler.reduction_factor"),
         ("metrics without factors", {**_with("base.dataset", {"name": "gaussian", "eigenvalues": [1.0, 0.5]}),
                                      "eval": {"metrics": ["mig"]}}, "eval.metrics"),  # fmt: skip
         ("eval_every > steps", _with("base.train.eval_every", 100), "train.eval_every"),

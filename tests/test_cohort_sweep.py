@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -56,10 +57,98 @@ def test_the_searcher_asks_the_budget_once_and_never_mixes_configurations_that_c
     assert all(states[n] == optuna.trial.TrialState.PRUNED for n in set(numbers) - firsts)  # not trained to the end
 
 
-def test_a_scheduler_with_cohorts_is_refused(tmp_path):
-    data = _cohort_spec(tmp_path, "asha", scheduler={"metric": "nelbo"})
-    with pytest.raises(SpecError, match="search.scheduler: .*search.cohort"):
-        parse_spec(data)
+def _asha_stops(order: list[tuple[str, int, float]], grace: int, rf: float, max_t: int) -> dict[str, int]:
+    """Asynchronous successive halving (Li et al. 2020), written from the paper for this test: rungs at
+    grace·rf^k evaluations below max_t; a member arriving at a rung worse (higher) than the (1 − 1/rf) quantile of
+    the values recorded there before it is stopped. Returns member → the evaluation it stopped at."""
+    import numpy as np
+
+    rungs: dict[int, list[float]] = {}
+    milestones = {grace * rf**k for k in range(64) if grace * rf**k < max_t}
+    stopped: dict[str, int] = {}
+    for member, evaluation, value in order:
+        if member in stopped or evaluation not in milestones:
+            continue
+        before = rungs.setdefault(evaluation, [])
+        if before and -value < np.percentile([-v for v in before], (1 - 1 / rf) * 100):
+            stopped[member] = evaluation
+        before.append(value)
+    return stopped
+
+
+def test_member_rungs_cut_as_the_paper_says():
+    from sweeps.member_scheduler import MemberRungs
+
+    rng = np.random.default_rng(3)
+    order = [(f"m{i}", e, float(rng.normal(e, 1.0))) for i in range(12) for e in (1, 2, 3, 4, 5, 6, 7, 8)]
+    rungs = MemberRungs("nelbo", "min", grace_period=1, reduction_factor=2, max_evaluations=8)
+    stopped: dict[str, int] = {}
+    for member, evaluation, value in order:
+        if member not in stopped and rungs.decide(member, evaluation, value):
+            stopped[member] = evaluation
+    assert stopped == _asha_stops(order, 1, 2, 8) and stopped  # some stop, and exactly those
+    assert not rungs.decide("late", 8, 1e9)  # the last evaluation is never judged: the member is done
+    assert not rungs.decide("nan", 1, float("nan"))  # a non-finite metric is for FAIL, not for the scheduler
+
+
+def test_a_searchers_member_records_seed_a_new_rungs_actor_on_resume(local_ray, tmp_path):
+    import ray
+
+    data = _cohort_spec(tmp_path, "rungs", trials=4, scheduler={"metric": "nelbo", "grace_period": 1})
+    spec = parse_spec(data)
+    search = CohortSearch(spec, make_sampler(spec), trials=4)
+    config = search.suggest("t0")
+    name = config["rungs_actor"]
+    for step, values in ((100, (3.0, 5.0)), (200, (2.0, 4.0))):  # member 1 is worse; a repeat is not recorded
+        search.on_trial_result("t0", {f"members/{j}/{key}": value for j, v in enumerate(values)
+                                      for key, value in (("nelbo", v), ("step", step))})  # fmt: skip
+    search.on_trial_result("t0", {"members/1/nelbo": 0.1, "members/1/step": 200, "members/1/repeat": True})
+    assert ray.get(ray.get_actor(name).cutoffs.remote()) == {1: None, 2: None}  # only trials record in the actor
+    search.save(str(tmp_path / "searcher.pkl"))
+    ray.kill(ray.get_actor(name))  # the first driver is gone, and its actor with it
+    restored = CohortSearch(spec, make_sampler(spec), trials=4)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    cutoffs = ray.get(ray.get_actor(name).cutoffs.remote())
+    assert cutoffs == {1: pytest.approx(4.0), 2: pytest.approx(3.0)}  # medians of {3, 5} and {2, 4}: no repeat
+    ray.kill(ray.get_actor(name))
+
+
+def test_a_scheduler_stops_members_of_a_cohort_one_by_one(local_ray, tmp_path):
+    base = {**GAUSSIAN_BASE, "model": {**GAUSSIAN_BASE["model"], "latent_dim": 2},
+            "train": {**GAUSSIAN_BASE["train"], "steps": 400}}  # fmt: skip
+    data = make_spec(tmp_path, "asha", {
+        "trials": 4, "cohort": 2, "sampler": "grid", "concurrency": 1, "seed": 0,
+        "space": {"objective.beta": {"choice": [0.5, 30.0, 0.6, 40.0]}},
+        "scheduler": {"metric": "nelbo", "mode": "min", "grace_period": 1, "reduction_factor": 2},
+    }, base)  # fmt: skip
+    data["ray"] = {"num_cpus": 2}
+    outcome = run_sweep(parse_spec(data))
+    client, parent, children = runs_of(data, outcome)
+    assert len(children) == len({r.data.tags["bvae.trial_id"] for r in children}) == 4  # one run per member
+    history = {r.data.tags["bvae.trial_id"]: [(int(m.step), m.value) for m in client.get_metric_history(r.info.run_id, "nelbo")]
+               for r in children}  # fmt: skip
+    # With one cohort at a time, members are judged in (trial, evaluation, member) order: replay that order.
+    started = {r.data.tags["bvae.trial_id"].rsplit("-", 1)[0]: r.info.start_time for r in children}
+    order = [(member, step // 100, value)
+             for trial in sorted(started, key=started.get)
+             for evaluation in range(1, 5)
+             for member in sorted(m for m in history if m.rsplit("-", 1)[0] == trial)
+             for step, value in history[member] if step == evaluation * 100]  # fmt: skip
+    expected = _asha_stops(order, 1, 2, 4)
+    assert expected, order  # the case is not vacuous: some member is stopped
+    status = {r.data.tags["bvae.trial_id"]: r for r in children}
+    assert {m for m, r in status.items() if r.data.tags["bvae.status"] == "pruned"} == set(expected)
+    for member, run in status.items():
+        steps = [s for s, _ in history[member]]
+        if member in expected:  # stopped at its rung: nothing logged after, nothing logged twice, KILLED
+            assert steps == [100 * e for e in range(1, expected[member] + 1)] and run.info.status == "KILLED"
+            trial, j = member.rsplit("-", 1)
+            saved = sorted((tmp_path / "ray_results" / "asha" / trial).glob(f"checkpoint_*/member_{j}/checkpoint.pt"))
+            assert torch.load(saved[-1], weights_only=False)["step"] == steps[-1]  # it stopped updating there
+        else:
+            assert steps == [100, 200, 300, 400] and run.info.status == "FINISHED"
+    states = sorted(t.state.name for t in outcome.study.trials)
+    assert states.count("PRUNED") == len(expected) and states.count("COMPLETE") == 4 - len(expected)
 
 
 def test_a_cohort_sweep_gives_each_member_its_trial_run_checkpoint_and_frontier_row(local_ray, tmp_path, capsys):
