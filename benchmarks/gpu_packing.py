@@ -46,10 +46,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bvae_core.cohort import Cohort
 from bvae_core.data import Dataset, make_dataset
+from bvae_core.memory import training_memory_bytes
 from bvae_core.models import build_model
 from bvae_core.objectives import gaussian_kl, make_likelihood
 from bvae_core.schedules import ScheduleValue
-from bvae_core.trainer import Trainer, resolve_device, training_loss
+from bvae_core.trainer import Trainer, resolve_device, training_losses
 
 LATENT_DIM, BATCH, LR = 10, 64, 5.0e-4
 TARGET_VS_PROCS, TARGET_MATMUL_SHARE = 10.0, 0.05
@@ -151,7 +152,7 @@ def flops_per_image(args: argparse.Namespace, device: torch.device) -> float:
     with FlopCounterMode(display=False) as counter:
         out, mu, logvar = model(x, eps)
         distortion, _ = make_likelihood("bernoulli").nll(out, x)
-        training_loss(distortion, gaussian_kl(mu, logvar), ScheduleValue(beta=1.0, capacity=None)).backward()
+        training_losses(distortion, gaussian_kl(mu, logvar), ScheduleValue(beta=1.0, capacity=None))[1].backward()
     return counter.get_total_flops() / BATCH
 
 
@@ -299,17 +300,25 @@ def main() -> None:
     figures: dict[str, list[float]] = {label: [] for label, _, _ in plan}
     per_cpu: dict[str, list[float]] = {label: [] for label, _, _ in plan}
     captured: dict[str, bool | None] = {}
+    memory: dict[str, float] = {}  # CUDA: peak bytes per member (model, Adam, activations, graph pool, eval)
+    estimate = training_memory_bytes(make_config(args, 0, None), tuple(dataset.example_shape))  # what auto plans with
     for _ in range(args.rounds):
         for label, spec, procs in plan:
             try:
                 if procs:
                     rate, cpu_rate, cap = run_processes(spec, procs)
                 else:
+                    if not cpu:
+                        sync(device)
+                        torch.cuda.reset_peak_memory_stats(device)
+                        resident = torch.cuda.memory_allocated(device)  # the shared dataset
                     route = Route(spec, dataset)
                     route.warm_up(spec["warmup"])
                     (rate, cpu_rate), cap = route.images_per_s(spec["seconds"], spec["chunk"]), route.captured
                     del route
                     if not cpu:
+                        members = len(spec["configs"])
+                        memory[label] = (torch.cuda.max_memory_allocated(device) - resident) / members
                         torch.cuda.empty_cache()
             except torch.OutOfMemoryError:
                 rate, cpu_rate, cap = float("nan"), float("nan"), None
@@ -335,6 +344,7 @@ def main() -> None:
         rows.append({"route": label, "images_per_s": rate, "images_per_cpu_s": statistics.median(per_cpu[label]),
                      "flop_per_s": rate * flops,
                      "matmul_share": rate * flops / mm[reference], "graph_captured": captured[label],
+                     "peak_bytes_per_member": memory.get(label),
                      "rounds": figures[label]})  # fmt: skip
     loaded = cpu and os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
     # on a machine other processes load, P processes get more of the cores than one: compare per CPU-second then
@@ -360,7 +370,7 @@ def main() -> None:
                          share >= TARGET_MATMUL_SHARE))  # fmt: skip
     result = {"device": name, "torch": torch.__version__, "arch": args.arch, "dataset": args.dataset,
               "resolution": args.resolution, "batch_per_model": BATCH, "precision": args.precision,
-              "train_flop_per_image": flops, "matmul_flop_per_s": mm, "reference": reference, "routes": rows,
+              "train_flop_per_image": flops, "matmul_flop_per_s": mm, "estimated_bytes_per_member": estimate, "reference": reference, "routes": rows,
               "verdicts": [{"check": c, "ratio": r, "pass": p} for c, r, p in verdicts], "conv_stack": convs,
               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}  # fmt: skip
     if args.json:
@@ -374,6 +384,9 @@ def main() -> None:
         graph = {None: "", True: "captured", False: "FELL BACK"}[r["graph_captured"]]
         print(f"{r['route']:<28} {r['images_per_s']:>12,.0f} {r['images_per_cpu_s']:>10,.0f} "
               f"{r['flop_per_s'] / 1e9:>10,.1f} {r['matmul_share']:>10.2%}  {graph}")  # fmt: skip
+    if memory:
+        print(f"device memory per member (peak over the route, fp32 estimate {estimate / 2**20:.0f} MiB — what "
+              "search.cohort: auto plans with): " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in memory.items()))
     if loaded:
         print(f"WARNING: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other processes held the "
               "cores; wall-clock figures favour the multi-process route, verdicts use images per CPU-second")

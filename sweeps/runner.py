@@ -68,18 +68,27 @@ def init_ray(spec: SweepSpec) -> None:
         ray.init(address=spec.ray.address, log_to_driver=False, logging_level="WARNING")
 
 
-def default_concurrency(spec: SweepSpec) -> int:
-    """Trials at once: ``search.concurrency``, else as many as the cluster's CPUs/GPUs fit (one-thread trials packed
-    one per core), never more than the number of trials."""
+def parallel_trials(spec: SweepSpec) -> int:
+    """Ray trials the sweep may run at once: ``search.concurrency``, else as many as the cluster's CPUs/GPUs fit
+    (one-thread trials packed one per core)."""
     if spec.search.concurrency is not None:
-        return min(spec.search.concurrency, spec.search.trials)
+        return spec.search.concurrency
     import ray
 
     total = ray.cluster_resources()
     fits = int(total.get("CPU", 1) // spec.resources.cpu)
     if spec.resources.gpu > 0:
         fits = min(fits, int(total.get("GPU", 0) // spec.resources.gpu) or 1)
-    return max(1, min(fits, math.ceil(spec.search.trials / spec.search.cohort)))  # a cohort trial trains several
+    return max(1, fits)
+
+
+def default_concurrency(spec: SweepSpec) -> int:
+    """Ray trials at once (:func:`parallel_trials`), never more than there are trials — or cohorts of them (a
+    cohort trial trains several; ``search.cohort`` resolved)."""
+    from .search import planned_trials
+
+    cohort = spec.search.cohort
+    return max(1, min(parallel_trials(spec), math.ceil(planned_trials(spec) / cohort)))
 
 
 def _rows_from_results(results, spec: SweepSpec) -> list:
@@ -124,7 +133,8 @@ def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> li
 
 
 def tune_callbacks(spec: SweepSpec, callbacks: list) -> list:
-    """What Tune is given: the callbacks themselves, or with fused cohorts each wrapped to see one trial per member."""
+    """What Tune is given: the callbacks themselves, or with fused cohorts (possibly, for a resumed ``auto``) each
+    wrapped to see one trial per member (a plain trial passes through unchanged)."""
     if spec.search.cohort == 1:
         return callbacks
     from .cohorts import MemberFanOut
@@ -142,7 +152,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
 
     from .preflight import preflight
     from .store import FAILED, KILLED, resolve_tracking_uri
-    from .search import build_scheduler, build_searcher, optuna_study, planned_trials
+    from .cohort_size import resolve_cohort
+    from .search import build_scheduler, build_searcher, fused, optuna_study, planned_trials
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
@@ -166,6 +177,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                 init_ray(spec)
             finally:
                 prepared.result()  # a tracking store that cannot be used ends the sweep here, before any trial
+        choice = None
+        if not resume:  # search.cohort: auto → a number, from the cluster (a resumed sweep keeps its searcher's)
+            spec, choice = resolve_cohort(spec, parallel_trials(spec))
         trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec.raw),
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
         searcher = None
@@ -179,7 +193,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(spec),
-                                            num_samples=trials if spec.search.cohort == 1 else -1,  # cohorts: until the searcher ends
+                                            num_samples=-1 if fused(spec) else trials,  # cohorts: until the searcher ends
                                             reuse_actors=True,
                                             trial_dirname_creator=lambda trial: trial.trial_id),  # fmt: skip
                 run_config=tune.RunConfig(
@@ -194,6 +208,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             at_once = (f"{concurrency} at a time" if spec.search.cohort == 1 else
                        f"in fused cohorts of up to {spec.search.cohort}, {concurrency} cohorts at a time"
                        + (", each member stopped early on its own" if spec.search.scheduler else ""))  # fmt: skip
+            if choice is not None:
+                at_once += f" (search.cohort auto: {choice.size}, {choice.why})"
             print(f"sweep {spec.name}: {trials} trials, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
         results = tuner.fit()

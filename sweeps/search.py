@@ -94,9 +94,16 @@ def planned_trials(spec: SweepSpec) -> int:
     return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
 
 
+def fused(spec: SweepSpec) -> bool:
+    """Whether the sweep trains fused cohorts (``search.cohort`` > 1, once ``auto`` is resolved)."""
+    if spec.search.cohort == "auto":
+        raise ValueError("search.cohort: auto is resolved by sweeps.cohort_size.resolve_cohort before the search is built")
+    return spec.search.cohort > 1
+
+
 def build_searcher(spec: SweepSpec, concurrency: int) -> ConcurrencyLimiter:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if spec.search.cohort > 1:
+    if fused(spec):
         from .cohorts import CohortSearch
 
         return ConcurrencyLimiter(CohortSearch(spec, make_sampler(spec), planned_trials(spec)), max_concurrent=concurrency)
@@ -110,7 +117,7 @@ def build_scheduler(spec: SweepSpec) -> TrialScheduler | None:
     """Tune's ASHA on the spec's metric; None without ``search.scheduler``, and with fused cohorts, whose members are
     judged one by one inside their trial (:mod:`sweeps.member_scheduler`)."""
     settings = spec.search.scheduler
-    if settings is None or spec.search.cohort > 1:
+    if settings is None or fused(spec):
         return None
     evaluations = _evaluations(spec.base_config.train.steps, spec.base_config.train.eval_every)
     return ASHAScheduler(time_attr="training_iteration", metric=settings.metric, mode=settings.mode,

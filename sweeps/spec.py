@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bvae_core.config import ConfigError, TrainConfig, _describe, load_config_file, parse_config, set_dotted
 
@@ -125,6 +125,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _cohort_size(value: Any) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"search.cohort: expected a positive whole number or auto, got {value!r}")
+
+
 class SchedulerSettings(_Strict):
     """Early stopping with ASHA (Li et al. 2020) on one metric, at evaluation granularity."""
 
@@ -144,7 +150,9 @@ class SearchSettings(_Strict):
     space: dict[str, Any]
     scheduler: SchedulerSettings | None = None
     max_failures: Annotated[int, Field(ge=0)] = 1  # retries of a trial whose worker died (from its checkpoint)
-    cohort: Annotated[int, Field(gt=0)] = 1  # configurations trained as one fused model per Ray trial (sweeps.cohorts)
+    # configurations trained as one fused model per Ray trial (sweeps.cohorts); auto: 1 on CPUs, as fit on GPUs
+    # (sweeps.cohort_size)
+    cohort: Annotated[int | str, BeforeValidator(_cohort_size)] = "auto"
 
 
 class ResourceSettings(_Strict):

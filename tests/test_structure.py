@@ -183,3 +183,12 @@ def test_the_repository_cites_no_notes_a_clone_lacks():
             if needle in text and not name.startswith("tests/test_structure"):
                 offenders.append(f"{name}: {needle}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+def test_every_benchmark_imports_against_the_current_package(script, monkeypatch):
+    """A benchmark runs rarely (some only on a GPU): a renamed function must fail here, not on the borrowed device."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    importlib.import_module(script)

@@ -1,0 +1,74 @@
+"""``search.cohort: auto``: 1 on CPUs, as many as fit and fill the GPUs on GPUs — decided from one member's training
+memory (counted on the meta device) and the GPU's free memory, and said in the sweep's first line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bvae_core import Trainer
+from bvae_core.memory import ADAM_COPIES, training_memory_bytes
+from sweeps import cohort_size
+from sweeps.cohort_size import COHORT_CAP, choose_cohort_size, resolve_cohort
+from sweeps.spec import parse_spec
+from test_sweep import GAUSSIAN_BASE, make_spec
+
+MiB, GiB = 2**20, 2**30
+BURGESS = {"dataset": {"name": "dsprites"}, "model": {"arch": "burgess", "latent_dim": 10},
+           "train": {"batch_size": 64}}  # fmt: skip
+
+
+def test_the_size_is_the_tightest_of_cap_memory_and_spreading_the_trials():
+    assert choose_cohort_size(64, 1, 50 * MiB, 80 * GiB).size == COHORT_CAP  # an H100 fits hundreds: the cap
+    squeezed = choose_cohort_size(64, 1, 1 * GiB, 10 * GiB)
+    assert squeezed.size == 5 and "5 fit in half of 10.0 GiB free" in squeezed.why  # memory
+    spread = choose_cohort_size(16, 4, 50 * MiB, 80 * GiB)
+    assert spread.size == 4 and "16 trials over 4 at a time" in spread.why  # every GPU gets a cohort
+    too_big = choose_cohort_size(64, 1, 8 * GiB, 10 * GiB)
+    assert too_big.size == 1 and "more than half" in too_big.why
+    assert choose_cohort_size(1, 8, 1, 80 * GiB).size == 1
+
+
+def test_one_members_memory_counts_adam_copies_and_the_saved_activations():
+    small, large = ({**BURGESS, "train": {"batch_size": b}} for b in (32, 64))
+    params = sum(p.numel() for p in Trainer({**BURGESS, "dataset": {"name": "blobs", "resolution": 64}}).model.parameters()) * 4
+    at_32, at_64 = training_memory_bytes(small, (1, 64, 64)), training_memory_bytes(large, (1, 64, 64))
+    per_batch = at_64 - at_32  # activations grow with the batch; parameters and Adam's moments do not
+    assert at_32 - per_batch == pytest.approx(ADAM_COPIES * params, rel=1e-6)
+    assert 10 * MiB < per_batch < 200 * MiB  # the Burgess encoder/decoder at 64 px: tens of MiB per 32 images
+    wider = training_memory_bytes({**BURGESS, "model": {"arch": "burgess", "latent_dim": 20}}, (1, 64, 64))
+    assert wider > at_64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures CUDA memory")
+def test_the_estimate_bounds_a_cuda_training_steps_memory():
+    config = {**BURGESS, "train": {**BURGESS["train"], "device": "cuda", "precision": "fp32"}}
+    trainer = Trainer(config)
+    trainer.fit(2)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()  # the dataset, the model, Adam's moments
+    torch.cuda.reset_peak_memory_stats()
+    trainer.fit(1)
+    step_peak = torch.cuda.max_memory_allocated() - before
+    estimate = training_memory_bytes(config, trainer.dataset.example_shape)
+    assert step_peak <= estimate <= 4 * step_peak + ADAM_COPIES * sum(p.numel() * 4 for p in trainer.model.parameters())
+
+
+def test_auto_is_one_on_cpus_and_a_number_is_kept(tmp_path):
+    spec = parse_spec(make_spec(tmp_path, "auto", {"space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}}))
+    assert spec.search.cohort == "auto"  # the default
+    resolved, choice = resolve_cohort(spec, parallel=2)
+    assert resolved.search.cohort == 1 and choice.why == "trials on CPUs"
+    assert resolved.raw["search"]["cohort"] == 1  # what the trials are given
+    fixed = parse_spec({**spec.raw, "search": {**spec.raw["search"], "cohort": 3}})
+    assert resolve_cohort(fixed, parallel=2) == (fixed, None)
+
+
+def test_auto_on_a_gpu_nobody_can_probe_trains_without_cohorts_and_says_why(local_ray, tmp_path, monkeypatch):
+    monkeypatch.setattr(cohort_size, "PROBE_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as a driver without a GPU of its own
+    data = make_spec(tmp_path, "gpu", {"space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}}, GAUSSIAN_BASE)
+    data["resources"] = {"gpu": 1}
+    resolved, choice = resolve_cohort(parse_spec(data), parallel=1)  # this machine's Ray has no GPU to run the probe
+    assert resolved.search.cohort == 1
+    assert "free memory is unknown (no GPU worker answered within 2 s)" in choice.why and "set search.cohort" in choice.why
