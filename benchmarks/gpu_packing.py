@@ -7,8 +7,8 @@ A sweep trains many copies of one small model. The routes measured, all with the
   way a sweep runs trials on a CPU node; on CUDA: fractional GPUs);
 * **cohort K** — :class:`bvae_core.cohort.Cohort` of K members differing in β and seed, trained as one fused model
   (horizontal fusion, HFTA: Wang et al., MLSys 2021), backend ``vmap`` (and ``loop`` where asked);
-* on CUDA each route also **with graph capture** (the whole step replayed as one CUDA graph; for a trial: a K = 1
-  cohort, which trains exactly as a Trainer).
+* on CUDA each route also **with graph capture** (the whole step replayed as one CUDA graph: ``train.cuda_graphs``
+  for a trial, which is on by default; the routes without it turn it off).
 
 Per route: images/s (the sum over all members/processes) after a warm-up, and achieved FLOP/s (training FLOPs per
 image from ``FlopCounterMode`` on one forward + backward × images/s) over the matmul rate measured in the same run
@@ -80,8 +80,9 @@ class Route:
     def __init__(self, spec: dict[str, Any], dataset: Dataset | None = None):
         self.spec = spec
         configs = spec["configs"]
-        if spec["kind"] == "trial" and not spec.get("graphs"):
-            self.trainer = Trainer(configs[0], dataset)
+        if spec["kind"] == "trial":
+            train = {**configs[0]["train"], "cuda_graphs": bool(spec.get("graphs"))}
+            self.trainer = Trainer({**configs[0], "train": train}, dataset)
             self.device, self.images_per_step = self.trainer.device, BATCH
             self.run = self.trainer.fit
         else:
@@ -95,6 +96,8 @@ class Route:
         sync(self.device)
         if hasattr(self, "cohort") and self.cohort.graphs:
             self.captured = self.cohort._graph is not None
+        if hasattr(self, "trainer") and self.trainer.graphs:
+            self.captured = self.trainer._graph is not None
 
     def images_per_s(self, seconds: float, chunk: int) -> tuple[float, float]:
         """Run chunks of ``chunk`` steps for at least ``seconds``: (images per wall second, per CPU second of this

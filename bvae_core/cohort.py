@@ -35,8 +35,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +50,9 @@ from .models import VAE, build_model
 from .objectives import capacity_multiplier_step, gaussian_kl
 from .schedules import ScheduleValue, schedule_value
 from .trainer import (
+    GRAPH_WARMUP_STEPS,
     TERMS,
+    autocast_context,
     make_optimizer,
     non_finite_error,
     resolve_device,
@@ -71,7 +71,6 @@ MEMBER_FIELDS = frozenset({
 
 ACTIVE, STOPPED, FAILED = "active", "stopped", "FAIL"
 BACKENDS = ("auto", "vmap", "loop")
-GRAPH_WARMUP_STEPS = 3  # eager steps (real ones) before capture: cuDNN/cuBLAS choose kernels, the allocator settles
 
 
 # ---------------------------------------------------------------------------------------------------- grouping
@@ -143,14 +142,6 @@ def _like(grad: Tensor, param: Tensor) -> Tensor:
     return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
-def _autocast_context(device: torch.device, precision: str) -> Callable[[], Any]:
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return nullcontext
-    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-
-
 class _AdamSlot:
     """One Adam's moments for all members, stacked like the parameters it updates (``names``), and each member's
     views of them; ``steps[k]`` is member k's Adam t. The fused Adam kernel runs on member k's views alone, so its
@@ -192,7 +183,8 @@ class Cohort:
 
     ``configs``: train configs (or dicts) that differ only in :data:`MEMBER_FIELDS`; ``backend``: ``"vmap"``
     (fused), ``"loop"`` (members one after another, bit-identical to K ``Trainer`` runs) or ``"auto"`` (loop for
-    K = 1, else vmap); ``graphs``: capture the step as a CUDA graph (default: on CUDA). Member k's results are those
+    K = 1, else vmap); ``graphs``: capture the step as a CUDA graph (default: on CUDA, unless
+    ``train.cuda_graphs`` is off). Member k's results are those
     of ``Trainer(configs[k])``: :meth:`member_state_dict` is its checkpoint, :meth:`evaluate` its metrics."""
 
     def __init__(self, configs: Sequence[TrainConfig | dict[str, Any]], dataset: Dataset | None = None, *,
@@ -210,9 +202,9 @@ class Cohort:
             raise ValueError(f"train.device: a cohort trains on cpu or cuda, got {self.device}")
         self.threads, self.dataset, self.likelihood = setup_run(cfg, self.device, dataset)  # as a Trainer does
         self.channels_last = cfg.train.channels_last and len(self.dataset.example_shape) == 3
-        self.autocast = _autocast_context(self.device, cfg.train.precision)
+        self.autocast = autocast_context(self.device, cfg.train.precision)
         self.backend = ("loop" if K == 1 else "vmap") if backend == "auto" else backend
-        self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
+        self.graphs = (self.device.type == "cuda" and cfg.train.cuda_graphs) if graphs is None else bool(graphs)
         if self.graphs and self.device.type != "cuda":
             raise ValueError("cohort: graphs=True needs a CUDA device")
 

@@ -197,6 +197,7 @@ class TrainSettings(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     threads: PositiveInt | None = None  # torch intra-op threads on CPU; None = torch's default
     channels_last: bool = True
+    cuda_graphs: bool = True  # on CUDA, capture the training step once as a CUDA graph and replay it
 
 
 class TrainConfig(_Strict):

@@ -2,12 +2,15 @@
 
 Read top to bottom: construction, one training step, the loop, evaluation, state. The hot loop never syncs the host
 with the device: training metrics and the first non-finite step are accumulated on the device and read every
-``train.log_every`` steps.
+``train.log_every`` steps. On CUDA (``train.cuda_graphs``) the whole step — batch rendering, forward, backward, Adam,
+the metric sums — is captured once as a CUDA graph and replayed, with β(t), C(t) and the step counter fed as device
+tensors so that the graph never changes; where capture is not possible one line is logged and the steps stay eager.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import sys
@@ -37,6 +40,9 @@ from .schedules import ScheduleValue, schedule_value
 from .threads import ThreadChoice, apply_threads
 
 TERMS = ("loss", "rate", "distortion")
+GRAPH_WARMUP_STEPS = 3  # eager steps (real ones) before capture: cuDNN/cuBLAS choose kernels, the allocator settles
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -84,9 +90,20 @@ def setup_run(cfg: TrainConfig, device: torch.device, dataset: Dataset | None = 
     return threads, data, make_likelihood(cfg.model.likelihood.kind, getattr(cfg.model.likelihood, "sigma", 1.0))
 
 
-def make_optimizer(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam (Kingma & Ba 2015) as every run uses it: fused on CPU and CUDA (one kernel, no .item() per parameter)."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+def make_optimizer(params: Any, lr: float, device: torch.device, capturable: bool = False) -> torch.optim.Adam:
+    """Adam (Kingma & Ba 2015) as every run uses it: fused on CPU and CUDA (one kernel, no .item() per parameter);
+    ``capturable`` for a step captured in a CUDA graph (same arithmetic, its step counters stay on the device)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"), capturable=capturable)
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], Any]:
+    """The training precision: ``auto`` is bf16 autocast on CUDA, fp32 elsewhere. The weight-cast cache is off: each
+    weight is cast once per step anyway, and a CUDA graph capture must not keep cached casts."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext
+    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def training_losses(distortion: torch.Tensor, kl_per_dim: torch.Tensor, sched: ScheduleValue,
@@ -125,12 +142,13 @@ class Trainer:
         self.channels_last = cfg.train.channels_last and len(self.dataset.example_shape) == 3
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.model.likelihood_kind = cfg.model.likelihood.kind  # decode_mean / sample give images
-        self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr, self.device)
+        self.graphs = self.device.type == "cuda" and cfg.train.cuda_graphs
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr, self.device, capturable=self.graphs)
         # The capacity objective's multiplier λ (objectives.capacity_multiplier_step), from 1: the ELBO's weight.
         self.capacity_multiplier = (torch.ones((), device=self.device)
                                     if schedule_value(cfg.objective.schedule, cfg.objective.beta, 0).capacity is not None
                                     else None)  # fmt: skip
-        self.autocast = self._autocast_context(cfg.train.precision)
+        self.autocast = autocast_context(self.device, cfg.train.precision)
         # Two generators on the training device: one for batches, one for the reparameterisation noise.
         self.data_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -139,20 +157,30 @@ class Trainer:
         self._sum_count = 0
         self._first_bad_step = torch.tensor(-1, device=self.device)  # first step with a non-finite term, or -1
         self._bad_terms = torch.zeros(len(TERMS), device=self.device)  # the terms at that step
-
-    def _autocast_context(self, precision: str) -> Callable[[], Any]:
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision == "fp32":
-            return nullcontext
-        return partial(torch.autocast, device_type=self.device.type, dtype=torch.bfloat16)
+        self._step_t = torch.zeros((), dtype=torch.long, device=self.device)  # the step, for the device-side records
+        # CUDA graph: β (or γ), C(t) and the multiplier's step size as device tensors, written before each replay.
+        self._sched = torch.zeros(3, device=self.device)
+        self._graph: Any = None
+        self._graph_failed = False
+        self._eager_steps = 0
+        self._capturing = False
 
     # ------------------------------------------------------------------ one step
     def schedule(self, step: int | None = None) -> ScheduleValue:
         """β(t), C(t) and free bits at ``step`` (default: the current step)."""
         return schedule_value(self.config.objective.schedule, self.config.objective.beta, self.step if step is None else step)
 
-    def _train_step(self) -> None:
+    def _device_schedule(self) -> ScheduleValue:
+        """This step's schedule with β(t), C(t) and the multiplier's step size in device tensors (the captured graph
+        reads them; their values are written before every replay)."""
+        sched = self.schedule()
+        host = torch.tensor([sched.beta, sched.capacity or 0.0, sched.multiplier_lr], dtype=torch.float32)
+        self._sched.copy_(host, non_blocking=True)  # pageable source: staged before the call returns
+        return ScheduleValue(beta=self._sched[0], capacity=self._sched[1] if sched.capacity is not None else None,
+                             free_bits=sched.free_bits, multiplier_lr=self._sched[2])  # fmt: skip
+
+    def _step_body(self, sched: ScheduleValue) -> None:
+        """Everything of one step on the device: no host sync, every state updated in place (capturable)."""
         cfg = self.config
         x = self.dataset.train_batch(cfg.train.batch_size, self.data_generator)
         if self.channels_last:
@@ -162,23 +190,60 @@ class Trainer:
             out, mu, logvar = self.model(x, eps)
         distortion, _ = self.likelihood.nll(out, x)
         kl = gaussian_kl(mu, logvar)
-        sched = self.schedule()
         loss, descended = training_losses(distortion, kl, sched, self.capacity_multiplier)
-        self.optimizer.zero_grad(set_to_none=True)
+        if not self._capturing:  # a captured backward writes the gradients it allocated at capture
+            self.optimizer.zero_grad(set_to_none=True)
         descended.backward()
         self.optimizer.step()
         with torch.no_grad():
             terms = torch.stack([loss.detach(), kl.detach().sum(1).mean(), distortion.detach().mean()])
             if sched.capacity is not None:
-                self.capacity_multiplier = capacity_multiplier_step(
-                    self.capacity_multiplier, terms[1], sched.capacity, sched.beta, sched.multiplier_lr)
+                self.capacity_multiplier.copy_(capacity_multiplier_step(
+                    self.capacity_multiplier, terms[1], sched.capacity, sched.beta, sched.multiplier_lr))  # fmt: skip
             finite = torch.isfinite(terms).all()
             first = (self._first_bad_step < 0) & ~finite
-            self._first_bad_step = torch.where(first, self.step, self._first_bad_step)
-            self._bad_terms = torch.where(first, terms, self._bad_terms)
+            self._first_bad_step.copy_(torch.where(first, self._step_t, self._first_bad_step))
+            self._bad_terms.copy_(torch.where(first, terms, self._bad_terms))
             self._sums += terms
+            self._step_t += 1
+
+    def _train_step(self) -> None:
+        if self.graphs and not self._graph_failed:
+            sched = self._device_schedule()
+            if self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+                self._capture(sched)
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                side = torch.cuda.Stream(self.device)  # warm-up steps on a side stream, as capture wants
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    self._step_body(sched)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                self._eager_steps += 1
+        else:  # on CUDA the same device-side schedule as a captured step: eager and graphed runs compute alike
+            self._step_body(self._device_schedule() if self.device.type == "cuda" else self.schedule())
         self._sum_count += 1
         self.step += 1
+
+    def _capture(self, sched: ScheduleValue) -> None:
+        """Record one step as a CUDA graph; on failure log one line and stay eager."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.device(self.device):  # both generators advance with every replay
+                graph.register_generator_state(self.data_generator)
+                graph.register_generator_state(self.noise_generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._capturing = True
+            with torch.cuda.graph(graph):
+                self._step_body(sched)
+            self._graph = graph
+        except Exception as e:  # noqa: BLE001 — any capture failure means: train eagerly
+            self._graph_failed, self._graph = True, None
+            log.warning("trainer: CUDA graph capture not possible (%s: %s); training with eager steps",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+        finally:
+            self._capturing = False
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: int | None = None, on_log: Callable[[dict[str, float]], None] | None = None) -> None:
@@ -252,14 +317,18 @@ class Trainer:
         self.step = int(state["step"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from a graphed CUDA run may continue anywhere
+            group["capturable"] = self.graphs
         if self.capacity_multiplier is not None and "capacity_multiplier" in state:
-            self.capacity_multiplier = state["capacity_multiplier"].to(self.device)
+            self.capacity_multiplier.copy_(state["capacity_multiplier"])
         self.data_generator.set_state(state["data_generator"].cpu())
         self.noise_generator.set_state(state["noise_generator"].cpu())
-        self._first_bad_step = state["first_bad_step"].to(self.device)
-        self._bad_terms = state["bad_terms"].to(self.device)
+        self._first_bad_step.copy_(state["first_bad_step"])
+        self._bad_terms.copy_(state["bad_terms"])
+        self._step_t.fill_(self.step)
         self._sums.zero_()
         self._sum_count = 0
+        self._graph, self._eager_steps = None, 0  # re-captured after a few eager steps from the new state
 
     def save(self, path: str | Path) -> None:
         """Write a checkpoint (config included) that :meth:`load` restores."""
