@@ -387,23 +387,30 @@ class Cohort:
 
     def _train_step(self) -> None:
         if self.graphs and not self._graph_failed:
-            self._write_schedule()
-            if self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
-                self._capture()
-            if self._graph is not None:
-                self._graph.replay()
-                self.step += 1
-                return
-            side = torch.cuda.Stream(self.device)  # warm-up steps on a side stream, as capture wants
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self._step_body(None)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-        elif self.backend == "loop":
+            with torch.cuda.device(self.device):  # capture uses the current device's streams: make it this one
+                self._graphed_step()
+            return
+        if self.backend == "loop":
             self._step_body(self._write_schedule())
         else:
             self._write_schedule()
             self._step_body(None)
+        self._eager_steps += 1
+        self.step += 1
+
+    def _graphed_step(self) -> None:
+        self._write_schedule()
+        if self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            self._capture()
+        if self._graph is not None:
+            self._graph.replay()
+            self.step += 1
+            return
+        side = torch.cuda.Stream(self.device)  # warm-up steps (and all, if capture failed) on a side stream
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step_body(None)
+        torch.cuda.current_stream(self.device).wait_stream(side)
         self._eager_steps += 1
         self.step += 1
 

@@ -144,6 +144,7 @@ class Trainer:
         self.model.likelihood_kind = cfg.model.likelihood.kind  # decode_mean / sample give images
         self.graphs = self.device.type == "cuda" and cfg.train.cuda_graphs
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr, self.device, capturable=self.graphs)
+        self.optimizer._warned_capturable_if_run_uncaptured = True  # the warm-up steps before capture run uncaptured
         # The capacity objective's multiplier λ (objectives.capacity_multiplier_step), from 1: the ELBO's weight.
         self.capacity_multiplier = (torch.ones((), device=self.device)
                                     if schedule_value(cfg.objective.schedule, cfg.objective.beta, 0).capacity is not None
@@ -209,22 +210,26 @@ class Trainer:
 
     def _train_step(self) -> None:
         if self.graphs and not self._graph_failed:
-            sched = self._device_schedule()
-            if self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
-                self._capture(sched)
-            if self._graph is not None:
-                self._graph.replay()
-            else:
-                side = torch.cuda.Stream(self.device)  # warm-up steps on a side stream, as capture wants
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    self._step_body(sched)
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                self._eager_steps += 1
+            with torch.cuda.device(self.device):  # capture uses the current device's streams: make it this one
+                self._graphed_step()
         else:  # on CUDA the same device-side schedule as a captured step: eager and graphed runs compute alike
             self._step_body(self._device_schedule() if self.device.type == "cuda" else self.schedule())
         self._sum_count += 1
         self.step += 1
+
+    def _graphed_step(self) -> None:
+        sched = self._device_schedule()
+        if self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            self._capture(sched)
+        if self._graph is not None:
+            self._graph.replay()
+            return
+        side = torch.cuda.Stream(self.device)  # warm-up steps (and all, if capture failed) on a side stream
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step_body(sched)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._eager_steps += 1
 
     def _capture(self, sched: ScheduleValue) -> None:
         """Record one step as a CUDA graph; on failure log one line and stay eager."""
@@ -317,7 +322,7 @@ class Trainer:
         self.step = int(state["step"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a checkpoint from a graphed CUDA run may continue anywhere
+        for group in self.optimizer.param_groups:  # a graphed run's checkpoint continues eagerly, and back
             group["capturable"] = self.graphs
         if self.capacity_multiplier is not None and "capacity_multiplier" in state:
             self.capacity_multiplier.copy_(state["capacity_multiplier"])

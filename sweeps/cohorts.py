@@ -44,6 +44,9 @@ MEMBERS_KEY = "members"
 #: driver's callbacks skip it, so nothing is logged twice; it stays the member's last result for its outcome.
 REPEAT_KEY = "repeat"
 
+#: Set on a member's result at the evaluation where the scheduler stopped it (sweeps.member_scheduler).
+STOPPED_KEY = "stopped_early"
+
 #: In a cohort trial's config when the sweep has a scheduler: the name of the actor judging its members.
 RUNGS_KEY = "rungs_actor"
 
@@ -185,7 +188,7 @@ class CohortSearch(Searcher):
         train = spec.base_config.train
         self._eval_every, self._max_evaluations = train.eval_every, evaluations(train.steps, train.eval_every)
         self._rungs_name = rungs_actor_name(spec)
-        self._records: dict[tuple[str, int], float] = {}
+        self._records: dict[tuple[str, int], tuple[float, bool]] = {}  # (member, evaluation) → (value, stopped)
         self._rungs: Any = None
 
     @property
@@ -208,7 +211,8 @@ class CohortSearch(Searcher):
 
     def _ensure_rungs(self) -> None:
         if self._scheduler is not None and self._rungs is None:
-            records = [(member, evaluation, value) for (member, evaluation), value in self._records.items()]
+            records = [(member, evaluation, value, stopped)
+                       for (member, evaluation), (value, stopped) in self._records.items()]  # fmt: skip
             self._rungs = start_rungs_actor(self._rungs_name, self._scheduler, self._max_evaluations, records)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -233,7 +237,8 @@ class CohortSearch(Searcher):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Keep what the rungs actor records (a member's metric at each evaluation), to seed it again on resume."""
+        """Keep what the rungs actor records and decides (a member's metric at each evaluation, and whether it was
+        stopped there), to seed it again on resume."""
         if self._scheduler is None:
             return
         for j, _ in enumerate(self._cohorts.get(trial_id, [])):
@@ -241,7 +246,8 @@ class CohortSearch(Searcher):
             if not own or own.get(REPEAT_KEY) or not isinstance(own.get(self._scheduler.metric), (int, float)):
                 continue
             evaluation = evaluation_index(own.get("step", 0), self._eval_every)
-            self._records.setdefault((member_id(trial_id, j), evaluation), float(own[self._scheduler.metric]))
+            self._records[(member_id(trial_id, j), evaluation)] = (float(own[self._scheduler.metric]),
+                                                                   bool(own.get(STOPPED_KEY)))  # fmt: skip
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from .search import trial_state

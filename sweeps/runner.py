@@ -68,11 +68,8 @@ def init_ray(spec: SweepSpec) -> None:
         ray.init(address=spec.ray.address, log_to_driver=False, logging_level="WARNING")
 
 
-def parallel_trials(spec: SweepSpec) -> int:
-    """Ray trials the sweep may run at once: ``search.concurrency``, else as many as the cluster's CPUs/GPUs fit
-    (one-thread trials packed one per core)."""
-    if spec.search.concurrency is not None:
-        return spec.search.concurrency
+def cluster_fits(spec: SweepSpec) -> int:
+    """Ray trials the cluster's CPUs/GPUs fit at once (one-thread trials packed one per core)."""
     import ray
 
     total = ray.cluster_resources()
@@ -80,6 +77,11 @@ def parallel_trials(spec: SweepSpec) -> int:
     if spec.resources.gpu > 0:
         fits = min(fits, int(total.get("GPU", 0) // spec.resources.gpu) or 1)
     return max(1, fits)
+
+
+def parallel_trials(spec: SweepSpec) -> int:
+    """Ray trials the sweep may run at once: ``search.concurrency``, else as many as the cluster fits."""
+    return spec.search.concurrency if spec.search.concurrency is not None else cluster_fits(spec)
 
 
 def default_concurrency(spec: SweepSpec) -> int:
@@ -179,7 +181,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                 prepared.result()  # a tracking store that cannot be used ends the sweep here, before any trial
         choice = None
         if not resume:  # search.cohort: auto → a number, from the cluster (a resumed sweep keeps its searcher's)
-            spec, choice = resolve_cohort(spec, parallel_trials(spec))
+            spec, choice = resolve_cohort(spec, min(parallel_trials(spec), cluster_fits(spec)))  # trials truly at once
         trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec.raw),
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
         searcher = None

@@ -20,7 +20,7 @@ from bvae_core.atomic import torch_bytes, write_atomically
 from bvae_core.data import Dataset, GroundTruthDataset, make_dataset
 from bvae_core.trainer import resolve_device
 
-from .cohorts import REPEAT_KEY, RUNGS_KEY, is_cohort, member_folder, member_id
+from .cohorts import REPEAT_KEY, RUNGS_KEY, STOPPED_KEY, is_cohort, member_folder, member_id
 from .member_scheduler import MemberJudge, evaluation_index
 from .faults import fault_plan
 from .outcome import DONE_KEY, NOTICE_KEY
@@ -162,6 +162,7 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
                 evaluation = evaluation_index(metrics["step"], train.eval_every)
                 if judge.should_stop(member_id(trial_id, k), evaluation, metrics):
                     cohort.stop(k)  # stops updating; its checkpoint is kept as of this evaluation
+                    metrics[STOPPED_KEY] = True
                     last[k] = metrics
         for k in range(size):
             if cohort.status[k] == FAILED and not reported[k]:  # its loss went non-finite: masked, the others trained on

@@ -19,14 +19,25 @@ BURGESS = {"dataset": {"name": "dsprites"}, "model": {"arch": "burgess", "latent
 
 
 def test_the_size_is_the_tightest_of_cap_memory_and_spreading_the_trials():
-    assert choose_cohort_size(64, 1, 50 * MiB, 80 * GiB).size == COHORT_CAP  # an H100 fits hundreds: the cap
+    capped = choose_cohort_size(64, 1, 50 * MiB, 80 * GiB)
+    assert capped.size == COHORT_CAP and capped.why.startswith(f"the cap of {COHORT_CAP} (50 MiB per member")
     squeezed = choose_cohort_size(64, 1, 1 * GiB, 10 * GiB)
-    assert squeezed.size == 5 and "5 fit in half of 10.0 GiB free" in squeezed.why  # memory
+    assert squeezed.size == 5 and squeezed.why.startswith("5 fit in half the free memory (1024 MiB per member, 10.0 GiB")
     spread = choose_cohort_size(16, 4, 50 * MiB, 80 * GiB)
-    assert spread.size == 4 and "16 trials over 4 at a time" in spread.why  # every GPU gets a cohort
-    too_big = choose_cohort_size(64, 1, 8 * GiB, 10 * GiB)
-    assert too_big.size == 1 and "more than half" in too_big.why
+    assert spread.size == 4 and spread.why.startswith("16 trials over 4 at a time")  # every GPU gets a cohort
+    too_big = choose_cohort_size(4, 4, 8 * GiB, 10 * GiB)  # the spread would say 1 too: memory is the reason given
+    assert too_big.size == 1 and too_big.why.startswith("one member needs more than half the free memory")
     assert choose_cohort_size(1, 8, 1, 80 * GiB).size == 1
+
+
+def test_the_largest_member_the_space_can_produce_sets_the_memory(tmp_path):
+    from sweeps.cohort_size import largest_member_bytes
+
+    base = {**BURGESS, "dataset": {"name": "blobs", "resolution": 32}}
+    space = {"objective.beta": {"log_uniform": [0.2, 5.0]}, "train.batch_size": {"choice": [32, 256]}}
+    spec = parse_spec(make_spec(tmp_path, "space", {"space": space}, base))
+    big = training_memory_bytes({**base, "train": {"batch_size": 256}}, (1, 32, 32))
+    assert largest_member_bytes(spec) == big > training_memory_bytes(base, (1, 32, 32))
 
 
 def test_one_members_memory_counts_adam_copies_and_the_saved_activations():
@@ -65,10 +76,13 @@ def test_auto_is_one_on_cpus_and_a_number_is_kept(tmp_path):
 
 
 def test_auto_on_a_gpu_nobody_can_probe_trains_without_cohorts_and_says_why(local_ray, tmp_path, monkeypatch):
-    monkeypatch.setattr(cohort_size, "PROBE_TIMEOUT_S", 2.0)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as a driver without a GPU of its own
     data = make_spec(tmp_path, "gpu", {"space": {"objective.beta": {"log_uniform": [0.2, 5.0]}}}, GAUSSIAN_BASE)
     data["resources"] = {"gpu": 1}
-    resolved, choice = resolve_cohort(parse_spec(data), parallel=1)  # this machine's Ray has no GPU to run the probe
+    resolved, choice = resolve_cohort(parse_spec(data), parallel=1)  # this machine's Ray has no GPU: no waiting
     assert resolved.search.cohort == 1
-    assert "free memory is unknown (no GPU worker answered within 2 s)" in choice.why and "set search.cohort" in choice.why
+    assert choice.why == ("the GPU's free memory is unknown: this machine's Ray has no GPU; set search.cohort to fuse "
+                          "trials")  # fmt: skip
+    # On a cluster a GPU worker may still come (an autoscaler): the probe waits, then says so.
+    monkeypatch.setattr(cohort_size, "PROBE_TIMEOUT_S", 2.0)
+    with pytest.raises(RuntimeError, match=r"no GPU worker answered within 2 s \(the cluster has no GPU now\)"):
+        cohort_size.gpu_free_bytes(1.0, local=False)

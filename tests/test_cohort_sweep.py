@@ -87,6 +87,8 @@ def test_member_rungs_cut_as_the_paper_says():
         if member not in stopped and rungs.decide(member, evaluation, value):
             stopped[member] = evaluation
     assert stopped == _asha_stops(order, 1, 2, 8) and stopped  # some stop, and exactly those
+    for member, evaluation in stopped.items():  # an evaluation run again (a retried trial) gets the same answer
+        assert rungs.decide(member, evaluation, -1e9)
     assert not rungs.decide("late", 8, 1e9)  # the last evaluation is never judged: the member is done
     assert not rungs.decide("nan", 1, float("nan"))  # a non-finite metric is for FAIL, not for the scheduler
 
@@ -101,7 +103,8 @@ def test_a_searchers_member_records_seed_a_new_rungs_actor_on_resume(local_ray, 
     name = config["rungs_actor"]
     for step, values in ((100, (3.0, 5.0)), (200, (2.0, 4.0))):  # member 1 is worse; a repeat is not recorded
         search.on_trial_result("t0", {f"members/{j}/{key}": value for j, v in enumerate(values)
-                                      for key, value in (("nelbo", v), ("step", step))})  # fmt: skip
+                                      for key, value in (("nelbo", v), ("step", step))}  # fmt: skip
+                               | ({"members/1/stopped_early": True} if step == 200 else {}))
     search.on_trial_result("t0", {"members/1/nelbo": 0.1, "members/1/step": 200, "members/1/repeat": True})
     assert ray.get(ray.get_actor(name).cutoffs.remote()) == {1: None, 2: None}  # only trials record in the actor
     search.save(str(tmp_path / "searcher.pkl"))
@@ -110,6 +113,9 @@ def test_a_searchers_member_records_seed_a_new_rungs_actor_on_resume(local_ray, 
     restored.restore(str(tmp_path / "searcher.pkl"))
     cutoffs = ray.get(ray.get_actor(name).cutoffs.remote())
     assert cutoffs == {1: pytest.approx(4.0), 2: pytest.approx(3.0)}  # medians of {3, 5} and {2, 4}: no repeat
+    member = "t0-1"
+    assert ray.get(ray.get_actor(name).decide.remote(member, 2, 0.0))  # stopped there before: stopped again
+    assert not ray.get(ray.get_actor(name).decide.remote(member, 1, 99.0))  # continued there: continues again
     ray.kill(ray.get_actor(name))
 
 
