@@ -150,3 +150,22 @@ def test_relative_data_path_is_made_absolute_for_the_trials(tmp_path, monkeypatc
     assert data["base"]["dataset"]["path"] == "data/x.npz"  # the caller's mapping is left alone
     remote = spec_with(lambda d: d["base"].update({"dataset": {"name": "file", "path": "s3://bucket/x.npz"}}))
     assert parse_spec(remote).base_config.dataset.path == "s3://bucket/x.npz"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "dsprites_paper_gpu"])
+def test_the_shipped_specs_parse_and_fuse_as_they_say(name):
+    from pathlib import Path
+
+    from bvae_core.cohort import cohort_key
+    from sweeps.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "configs" / f"{name}.yaml")
+    assert spec.search.cohort == "auto"
+    if spec.resources.gpu:  # the GPU spec's trials can all share one model: one cohort on a GPU that holds them
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        keys = set()
+        for _ in range(8):
+            trial = study.ask()
+            DefineByRun(spec.space)(trial)
+            keys.add(cohort_key(spec.trial_config(trial.params)))
+        assert len(keys) == 1
