@@ -107,9 +107,21 @@ def members_of(trial: Any, result: dict[str, Any] | None = None) -> list[MemberT
         if checkpoint is not None:
             own_checkpoint = tune.Checkpoint(f"{checkpoint.path.rstrip('/')}/{member_folder(j)}",
                                              filesystem=checkpoint.filesystem)  # fmt: skip
-        views.append(MemberTrial(member_id(trial.trial_id, j), dict(member["params"]), member_result(result, j),
-                                 own_checkpoint, getattr(trial, "error_file", None), getattr(trial, "status", "")))  # fmt: skip
+        own = member_result(result, j)
+        status = ENDED_STATUS if ended_early(own) else getattr(trial, "status", "")
+        views.append(MemberTrial(member_id(trial.trial_id, j), dict(member["params"]), own, own_checkpoint,
+                                 getattr(trial, "error_file", None), status))  # fmt: skip
     return views
+
+
+#: A member view's status once its own training has ended inside a cohort still training (Tune's word for ended).
+ENDED_STATUS = "TERMINATED"
+
+
+def ended_early(result: dict[str, Any] | None) -> bool:
+    """Whether a member's result says it stopped training before its cohort: stopped by the scheduler, its loss
+    went non-finite, or it repeats such a result."""
+    return bool(result) and bool(result.get(STOPPED_KEY) or result.get(REPEAT_KEY) or result.get("error"))
 
 
 def expand(trials: list[Any]) -> list[Any]:
@@ -121,10 +133,13 @@ def expand(trials: list[Any]) -> list[Any]:
 
 
 class MemberFanOut(Callback):
-    """Calls ``inner``'s hooks once per member for a cohort trial, as they are for a plain trial."""
+    """Calls ``inner``'s hooks once per member for a cohort trial, as they are for a plain trial. A member that stops
+    training before its cohort (stopped by the scheduler, or failed) ends then — its run ends, its progress line
+    says so — not when the cohort ends; later hooks about the cohort pass it by."""
 
     def __init__(self, inner: Callback):
         self.inner = inner
+        self._ended: set[str] = set()  # members ended early in this driver
 
     def setup(self, **info: Any) -> None:
         self.inner.setup(**info)
@@ -144,10 +159,18 @@ class MemberFanOut(Callback):
         if hook == "on_trial_result":
             result = info.pop("result")
             for view in members_of(trial, result):
-                if view.last_result is not None and not view.last_result.get(REPEAT_KEY):
-                    method(iteration, everyone, view, result=view.last_result, **info)
+                if view.last_result is None or view.last_result.get(REPEAT_KEY):
+                    continue
+                method(iteration, everyone, view, result=view.last_result, **info)
+                if ended_early(view.last_result) and view.trial_id not in self._ended:
+                    self._ended.add(view.trial_id)
+                    self.inner.on_trial_complete(iteration, everyone, view, **info)
             return
         for view in members_of(trial):
+            if view.trial_id in self._ended:
+                continue
+            if hook in ("on_trial_start", "on_trial_recover") and view.status == ENDED_STATUS:
+                continue  # ended before a resume or retry: nothing of it trains again
             method(iteration, everyone, view, **info)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -237,34 +260,38 @@ class CohortSearch(Searcher):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Keep what the rungs actor records and decides (a member's metric at each evaluation, and whether it was
-        stopped there), to seed it again on resume."""
-        if self._scheduler is None:
-            return
-        for j, _ in enumerate(self._cohorts.get(trial_id, [])):
+        """A member that stopped training (scheduler, non-finite loss) is told to Optuna now, not when its cohort
+        ends. With a scheduler, keep what the rungs actor records and decides (a member's metric at each evaluation,
+        and whether it was stopped there), to seed it again on resume."""
+        for j, number in enumerate(self._cohorts.get(trial_id, [])):
             own = member_result(result, j)
-            if not own or own.get(REPEAT_KEY) or not isinstance(own.get(self._scheduler.metric), (int, float)):
+            if not own or own.get(REPEAT_KEY):
+                continue
+            if ended_early(own):
+                self._tell(number, own, error=False)
+            if self._scheduler is None or not isinstance(own.get(self._scheduler.metric), (int, float)):
                 continue
             evaluation = evaluation_index(own.get("step", 0), self._eval_every)
             self._records[(member_id(trial_id, j), evaluation)] = (float(own[self._scheduler.metric]),
                                                                    bool(own.get(STOPPED_KEY)))  # fmt: skip
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def _tell(self, number: int, own: dict[str, Any] | None, error: bool) -> None:
         from .search import trial_state
 
-        for j, number in enumerate(self._cohorts.get(trial_id, [])):
-            if number in self._told:
-                continue
-            own = member_result(result, j)
-            state, values = trial_state(own, self.objectives, error)
-            try:
-                self._study.tell(number, values, state=state)
-            except Exception as exc:  # never leave the study RUNNING because of a bookkeeping error
-                logger.warning("could not tell Optuna about trial %d (%s); marking it FAIL", number, exc)
-                self._study.tell(number, None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            self._told.add(number)
+        if number in self._told:
+            return
+        state, values = trial_state(own, self.objectives, error)
+        try:
+            self._study.tell(number, values, state=state)
+        except Exception as exc:  # never leave the study RUNNING because of a bookkeeping error
+            logger.warning("could not tell Optuna about trial %d (%s); marking it FAIL", number, exc)
+            self._study.tell(number, None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        self._told.add(number)
 
-    # Tune saves the searcher with the experiment and restores it on `bvae sweep resume`.
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        for j, number in enumerate(self._cohorts.get(trial_id, [])):
+            self._tell(number, member_result(result, j), error)
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_rungs": None}  # an actor handle belongs to the driver that made it
 

@@ -155,6 +155,16 @@ def test_a_scheduler_stops_members_of_a_cohort_one_by_one(local_ray, tmp_path):
             assert steps == [100, 200, 300, 400] and run.info.status == "FINISHED"
     states = sorted(t.state.name for t in outcome.study.trials)
     assert states.count("PRUNED") == len(expected) and states.count("COMPLETE") == 4 - len(expected)
+    # a stopped member ends when it stops — its run and its Optuna trial — not when the rest of its cohort ends
+    for member in expected:
+        mates = [r for m, r in status.items() if m.rsplit("-", 1)[0] == member.rsplit("-", 1)[0] and m not in expected]
+        for mate in mates:
+            assert status[member].info.end_time < mate.info.end_time
+    told = {float(t.params["objective.beta"]): t.datetime_complete for t in outcome.study.trials}
+    beta = lambda member: float(status[member].data.params["objective.beta"])
+    for member in expected:
+        for mate in (m for m in status if m.rsplit("-", 1)[0] == member.rsplit("-", 1)[0] and m not in expected):
+            assert told[beta(member)] < told[beta(mate)]
 
 
 def test_a_cohort_sweep_gives_each_member_its_trial_run_checkpoint_and_frontier_row(local_ray, tmp_path, capsys):
