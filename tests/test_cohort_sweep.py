@@ -247,6 +247,24 @@ def test_a_cohort_sweep_killed_then_resumed_has_one_run_per_member(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs) and client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+def test_a_member_whose_loss_goes_non_finite_fails_then_while_its_cohort_trains_on(local_ray, tmp_path):
+    base = {**GAUSSIAN_BASE, "model": {**GAUSSIAN_BASE["model"], "latent_dim": 2}}
+    data = make_spec(tmp_path, "diverged", {"trials": 2, "cohort": 2, "sampler": "grid", "concurrency": 1, "seed": 0,
+                                            "space": {"train.lr": {"choice": [3.0e-3, 1.0e30]}}}, base)  # fmt: skip
+    data["ray"] = {"num_cpus": 2}
+    outcome = run_sweep(parse_spec(data))
+    client, parent, children = runs_of(data, outcome)
+    by_lr = {float(r.data.params["train.lr"]): r for r in children}
+    diverged, healthy = by_lr[1.0e30], by_lr[3.0e-3]
+    assert diverged.info.status == "FAILED" and "non-finite" in diverged.data.tags["bvae.reason"]
+    assert healthy.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(healthy.info.run_id, "rate")] == [100, 200, 300]
+    assert diverged.info.end_time < healthy.info.end_time  # ended when it failed, not with its cohort
+    states = {float(t.params["train.lr"]): t.state.name for t in outcome.study.trials}
+    assert states == {1.0e30: "FAIL", 3.0e-3: "COMPLETE"}
+    assert {r.status for r in outcome.rows} == {"FAILED", "COMPLETED"}
+
+
 def test_a_members_result_is_read_as_reported_and_as_tune_flattens_it():
     from sweeps.cohorts import member_result
 
