@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 
 from .config import ConfigError, TrainConfig, load_config_file, parse_config
-from .trainer import Trainer
+from .trainer import GRAPH_WARMUP_STEPS, Trainer
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -58,6 +58,8 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
     printer = ProgressPrinter(cfg.train.steps) if progress else None
     if printer:
         threads = f" with {trainer.threads.describe()}" if trainer.threads is not None else ""
+        if trainer.graphs:
+            threads = f", the step captured as a CUDA graph after {GRAPH_WARMUP_STEPS} eager steps"
         print(f"training {cfg.model.arch} (latent {cfg.model.latent_dim}) on {cfg.dataset.name} for {cfg.train.steps} "
               f"steps on {trainer.device}{threads}", file=sys.stderr, flush=True)  # fmt: skip
     metrics: dict[str, float] = {}
