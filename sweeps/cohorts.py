@@ -159,8 +159,8 @@ class MemberFanOut(Callback):
         if hook == "on_trial_result":
             result = info.pop("result")
             for view in members_of(trial, result):
-                if view.last_result is None or view.last_result.get(REPEAT_KEY):
-                    continue
+                if view.last_result is None or view.last_result.get(REPEAT_KEY) or view.trial_id in self._ended:
+                    continue  # (an ended member retrained from an older checkpoint reaches its end again: not news)
                 method(iteration, everyone, view, result=view.last_result, **info)
                 if ended_early(view.last_result) and view.trial_id not in self._ended:
                     self._ended.add(view.trial_id)
@@ -169,8 +169,11 @@ class MemberFanOut(Callback):
         for view in members_of(trial):
             if view.trial_id in self._ended:
                 continue
-            if hook in ("on_trial_start", "on_trial_recover") and view.status == ENDED_STATUS:
-                continue  # ended before a resume or retry: nothing of it trains again
+            if view.status == ENDED_STATUS:  # ended before this driver (a resume): nothing of it trains again
+                if hook in ("on_trial_complete", "on_trial_error"):  # end it as it ended (its end may not be written)
+                    self._ended.add(view.trial_id)
+                    self.inner.on_trial_complete(iteration, everyone, view, **info)
+                continue
             method(iteration, everyone, view, **info)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -272,8 +275,8 @@ class CohortSearch(Searcher):
             if self._scheduler is None or not isinstance(own.get(self._scheduler.metric), (int, float)):
                 continue
             evaluation = evaluation_index(own.get("step", 0), self._eval_every)
-            self._records[(member_id(trial_id, j), evaluation)] = (float(own[self._scheduler.metric]),
-                                                                   bool(own.get(STOPPED_KEY)))  # fmt: skip
+            self._records.setdefault((member_id(trial_id, j), evaluation), (float(own[self._scheduler.metric]),
+                                                                            bool(own.get(STOPPED_KEY))))  # fmt: skip
 
     def _tell(self, number: int, own: dict[str, Any] | None, error: bool) -> None:
         from .search import trial_state

@@ -274,3 +274,52 @@ def test_a_members_result_is_read_as_reported_and_as_tune_flattens_it():
         assert member_result(result, 0) == {"rate": 1.0, "kl/0": 0.5, "training_iteration": 3}
         assert member_result(result, 1) == {"rate": 2.0, "training_iteration": 3}
         assert member_result(result, 2) is None
+
+
+class _Recorder:
+    """An inner callback that records which hook reached which member."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, hook):
+        return lambda iteration, trials, trial, **info: self.calls.append((hook, trial.trial_id))
+
+
+def _cohort_trial(last_result=None):
+    from types import SimpleNamespace
+
+    config = {"members": [{"number": 0, "params": {}}, {"number": 1, "params": {}}]}
+    return SimpleNamespace(trial_id="t", config=config, last_result=last_result, checkpoint=None, error_file=None,
+                           status="RUNNING")  # fmt: skip
+
+
+def test_a_member_that_ended_early_is_ended_once_whatever_its_cohort_does_after():
+    from sweeps.cohorts import MemberFanOut
+
+    inner = _Recorder()
+    fan, trial = MemberFanOut(inner), _cohort_trial()
+    fresh = lambda step, **extra: {"rate": 1.0, "distortion": 2.0, "step": step, **extra}
+    fan.on_trial_result(0, [trial], trial, result={"members": {"0": fresh(100, stopped_early=True), "1": fresh(100)}})
+    assert inner.calls == [("on_trial_result", "t-0"), ("on_trial_complete", "t-0"), ("on_trial_result", "t-1")]
+    inner.calls.clear()
+    # the cohort is retried from an older checkpoint: member 0 trains to its stop again — not news to anyone
+    fan.on_trial_recover(0, [trial], trial)
+    fan.on_trial_result(0, [trial], trial, result={"members": {"0": fresh(100, stopped_early=True), "1": fresh(100)}})
+    fan.on_trial_result(0, [trial], trial, result={"members": {"0": fresh(100, repeat=True), "1": fresh(200)}})
+    fan.on_trial_complete(0, [trial], trial)
+    assert ("on_trial_complete", "t-0") not in inner.calls and ("on_trial_result", "t-0") not in inner.calls
+    assert inner.calls[-1] == ("on_trial_complete", "t-1")
+
+
+def test_after_a_resume_a_member_ended_before_is_ended_never_errored():
+    from sweeps.cohorts import MemberFanOut
+
+    inner = _Recorder()
+    restored = _cohort_trial({"members": {"0": {"rate": 1.0, "distortion": 2.0, "step": 100, "repeat": True},
+                                          "1": {"rate": 1.0, "distortion": 2.0, "step": 200}}})  # fmt: skip
+    fan = MemberFanOut(inner)  # a resumed driver's: it saw nothing of the first driver's
+    fan.on_trial_start(0, [restored], restored)
+    assert inner.calls == [("on_trial_start", "t-1")]  # the ended member does not start again
+    fan.on_trial_error(0, [restored], restored)  # the whole cohort then fails
+    assert inner.calls[1:] == [("on_trial_complete", "t-0"), ("on_trial_error", "t-1")]
