@@ -55,6 +55,7 @@ from .trainer import (
     autocast_context,
     make_optimizer,
     non_finite_error,
+    on_side_stream,
     resolve_device,
     setup_run,
     training_losses,
@@ -406,11 +407,7 @@ class Cohort:
             self._graph.replay()
             self.step += 1
             return
-        side = torch.cuda.Stream(self.device)  # warm-up steps (and all, if capture failed) on a side stream
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step_body(None)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        on_side_stream(self.device, lambda: self._step_body(None))  # a warm-up step, as capture wants
         self._eager_steps += 1
         self.step += 1
 

@@ -119,6 +119,16 @@ def training_losses(distortion: torch.Tensor, kl_per_dim: torch.Tensor, sched: S
     return loss, loss
 
 
+def on_side_stream(device: torch.device, step: Callable[[], None]) -> None:
+    """Run ``step`` on a fresh CUDA stream joined to the current one before and after: the eager warm-up steps
+    before a CUDA graph capture run this way (PyTorch's capture recipe)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 def non_finite_error(step: int, terms: dict[str, float]) -> NonFiniteLossError:
     """The error for the first step whose ``loss``/``rate``/``distortion`` were not all finite, naming the culprit."""
     culprit = next((t for t in ("distortion", "rate") if not math.isfinite(terms[t])), "loss")
@@ -224,11 +234,7 @@ class Trainer:
         if self._graph is not None:
             self._graph.replay()
             return
-        side = torch.cuda.Stream(self.device)  # warm-up steps (and all, if capture failed) on a side stream
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step_body(sched)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        on_side_stream(self.device, lambda: self._step_body(sched))  # a warm-up step, as capture wants
         self._eager_steps += 1
 
     def _capture(self, sched: ScheduleValue) -> None:
