@@ -20,7 +20,6 @@ holding a plain ``Trainer`` checkpoint and the member's figures. Member ``j`` of
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from .member_scheduler import evaluation_index, evaluations, start_rungs_actor
 from .space import DefineByRun
 from .spec import SweepSpec
 
-logger = logging.getLogger(__name__)
 
 MEMBERS_KEY = "members"
 
@@ -279,17 +277,11 @@ class CohortSearch(Searcher):
                                                                             bool(own.get(STOPPED_KEY))))  # fmt: skip
 
     def _tell(self, number: int, own: dict[str, Any] | None, error: bool) -> None:
-        from .search import trial_state
+        from .search import tell_outcome
 
-        if number in self._told:
-            return
-        state, values = trial_state(own, self.objectives, error)
-        try:
-            self._study.tell(number, values, state=state)
-        except Exception as exc:  # never leave the study RUNNING because of a bookkeeping error
-            logger.warning("could not tell Optuna about trial %d (%s); marking it FAIL", number, exc)
-            self._study.tell(number, None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        self._told.add(number)
+        if number not in self._told:
+            tell_outcome(self._study, number, own, self.objectives, error)
+            self._told.add(number)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         for j, number in enumerate(self._cohorts.get(trial_id, [])):

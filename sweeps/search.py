@@ -34,18 +34,25 @@ def trial_state(result: dict[str, Any] | None, objectives: list[str], error: boo
     return state, [float(result[name]) for name in objectives]
 
 
+def tell_outcome(study: optuna.Study, trial: optuna.Trial | int, result: dict[str, Any] | None, objectives: list[str],
+                 error: bool) -> None:  # fmt: skip
+    """Tell ``study`` how ``trial`` ended (:func:`trial_state`); a bookkeeping error marks it FAIL rather than leave
+    the study RUNNING."""
+    state, values = trial_state(result, objectives, error)
+    try:
+        study.tell(trial, values, state=state)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("could not tell Optuna about trial %s (%s); marking it FAIL", trial, exc)
+        study.tell(trial, None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
 class SweepSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna the truth about how each trial ended."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        state, values = trial_state(result, list(self.metric), error)
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
-        except Exception as exc:  # never leave the study RUNNING because of a bookkeeping error
-            logger.warning("could not tell Optuna about trial %s (%s); marking it FAIL", trial_id, exc)
-            self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        tell_outcome(self._ot_study, self._ot_trials[trial_id], result, list(self.metric), error)
         self._completed_trials.add(trial_id)
 
     @property
