@@ -29,6 +29,14 @@ from .spec import parse_spec
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"  # held-out rate and C(t) at every evaluation: the KL-against-capacity plot
 
+#: Training metrics that are not ``train/*`` terms but are reported with each evaluation (docs/contracts.md).
+TRAINING_STATE_METRICS = ("capacity_multiplier",)
+
+
+def training_metrics(latest: dict[str, Any]) -> dict[str, Any]:
+    """What a report carries from the latest training log: the ``train/*`` means and the capacity multiplier λ."""
+    return {k: v for k, v in latest.items() if k.startswith("train/") or k in TRAINING_STATE_METRICS}
+
 # Datasets built in this worker process, reused by later trials on the same actor (reuse_actors=True): dSprites'
 # render tables cost seconds to build and are the same for every trial.
 _DATASETS: dict[str, Dataset] = {}
@@ -86,7 +94,7 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
                          "error": str(e)})  # fmt: skip
             return
         metrics = trainer.evaluate()
-        metrics.update({k: v for k, v in latest_train.items() if k.startswith("train/")})
+        metrics.update(training_metrics(latest_train))
         metrics[DONE_KEY] = trainer.step >= total
         if notice:
             metrics[NOTICE_KEY], notice = notice, None  # said once, on the first report after the restore
@@ -149,7 +157,7 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
         fresh = [k for k in range(size) if not reported[k] and cohort.status[k] != FAILED]
         results: dict[str, dict[str, Any]] = {}
         for k, metrics in zip(fresh, cohort.evaluate(fresh)):
-            metrics.update({key: v for key, v in latest[k].items() if key.startswith("train/")})
+            metrics.update(training_metrics(latest[k]))
             metrics["step"] = float(cohort.member_steps(k))
             metrics[DONE_KEY] = cohort.member_steps(k) >= train.steps
             if metrics[DONE_KEY] and sweep.eval.metrics:

@@ -44,6 +44,23 @@ def runs_of(spec_dict: dict, outcome):
     return client, parent, child_runs(client, parent.info.run_id)
 
 
+@pytest.mark.parametrize("cohort", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_capacity_trial_logs_its_multiplier_with_every_evaluation(local_ray, tmp_path, cohort):
+    """The contract's training metrics of a controlled-capacity trial reach its run: C(t) and λ (docs/contracts.md)."""
+    base = {**GAUSSIAN_BASE, "objective": {"beta": 1.0, "schedule": {"kind": "linear_capacity", "c_max": 3.0,
+                                                                      "ramp_steps": 200, "gamma": 50.0}}}  # fmt: skip
+    data = make_spec(tmp_path, f"lambda{cohort}", {"trials": 2, "cohort": cohort, "seed": 0, "sampler": "random",
+                                                     "space": {"model.latent_dim": {"choice": [2, 4]}}}, base)  # fmt: skip
+    outcome = run_sweep(parse_spec(data))
+    client, _, children = runs_of(data, outcome)
+    assert len(children) == 2
+    for run in children:
+        for name in ("capacity", "capacity_multiplier", "train/loss"):
+            history = client.get_metric_history(run.info.run_id, name)
+            assert [m.step for m in history] == [100, 200, 300], name
+        assert all(0.0 <= m.value <= 50.0 for m in client.get_metric_history(run.info.run_id, "capacity_multiplier"))
+
+
 def test_four_trials_give_four_child_runs_and_a_four_trial_study(local_ray, tmp_path):
     data = make_spec(tmp_path, "four", {"trials": 4, "seed": 1, "sampler": "tpe", "concurrency": 2, "space": {
         "objective.beta": {"log_uniform": [0.2, 5.0]}, "model.latent_dim": {"choice": [2, 4]}}})  # fmt: skip
