@@ -78,7 +78,7 @@ def _add_frontier_and_pick(sub: argparse._SubParsersAction) -> None:
                        description="Print (or write as Parquet) the frontier table of a sweep: one row per trial with "
                                    "a finite rate and distortion, Pareto ranks, the checkpoint of each.")  # fmt: skip
     f.add_argument("sweep", help="sweep name, parent run id, or the sweep's spec file")
-    f.add_argument("--out", metavar="FILE.parquet", help="write the frontier table here")
+    f.add_argument("--out", metavar="FILE.parquet", help="write the frontier table here, as Parquet")
     f.add_argument("--json", action="store_true", help="print the table as JSON")
     f.add_argument("--experiment", help="MLflow experiment to look in (default: all)")
     _add_tracking_uri(f)
@@ -90,7 +90,7 @@ def _add_frontier_and_pick(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rule", required=True, help="knee | max-rate=R | max-distortion=D | max-METRIC (e.g. max-mig)")
     p.add_argument("--max-distortion", type=float, help="with max-METRIC: only points with distortion ≤ D")
     p.add_argument("--register", metavar="NAME", help="register the picked model in the MLflow Model Registry")
-    p.add_argument("--alias", default="picked", help="alias for the registered version (default: picked)")
+    p.add_argument("--alias", help="with --register: alias for the registered version (default: picked)")
     p.add_argument("--json", action="store_true", help="print the pick as one JSON object")
     p.add_argument("--experiment", help="MLflow experiment to look in (default: all)")
     _add_tracking_uri(p)
@@ -121,6 +121,23 @@ def _resolve_sweep(args: argparse.Namespace):
         raise UsageError(str(e)) from None
 
 
+def _check_out(out: str) -> None:
+    """``frontier --out``: a Parquet file name whose folder exists or can be made (missing folders are made)."""
+    from pathlib import Path
+
+    path = Path(out)
+    if not out or path.suffix.lower() != ".parquet":
+        raise UsageError(f"--out: expected a file name ending in .parquet (the table is written as Parquet), "
+                         f"got {out!r}")  # fmt: skip
+    if path.is_dir():
+        raise UsageError(f"--out: {out} is a directory; expected a file name ending in .parquet")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise UsageError(f"--out: cannot write {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: cannot write {out}: {folder} is not writable")
+
+
 def _public(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
@@ -129,9 +146,11 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     from .frontier import frontier_rows, write_parquet
     from .tables import format_table
 
+    if args.out is not None:
+        _check_out(args.out)
     client, ref = _resolve_sweep(args)
     rows = frontier_rows(client, ref)
-    if args.out:
+    if args.out is not None:
         path = write_parquet(rows, args.out)
         print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
     if args.json:
@@ -155,12 +174,18 @@ def _fmt(value) -> str:
 
 def _cmd_pick(args: argparse.Namespace) -> int:
     from .frontier import frontier_rows
-    from .pick import PickError, apply_rule, parse_rule, pick_summary
-    from .registry import record_pick, register_pick
+    from .pick import PickError, apply_rule, check_max_distortion, parse_rule, pick_summary
+    from .registry import RegistryNameError, check_registry_names, record_pick, register_pick
 
-    try:
+    try:  # every flag is checked before the store is read or written
         rule = parse_rule(args.rule)
-    except PickError as e:
+        check_max_distortion(rule, args.rule, args.max_distortion)
+        if args.register is None and args.alias is not None:
+            raise UsageError(f"--alias: applies only with --register NAME (got --alias {args.alias!r} alone)")
+        alias = "picked" if args.alias is None else args.alias
+        if args.register is not None:
+            check_registry_names(args.register, alias)
+    except (PickError, RegistryNameError) as e:
         raise UsageError(str(e)) from None
     client, ref = _resolve_sweep(args)
     try:
@@ -169,10 +194,10 @@ def _cmd_pick(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     summary = pick_summary(row, args.rule)
     model = None
-    if args.register:
-        version = register_pick(client, row, args.register, args.alias)
-        model = f"models:/{args.register}@{args.alias}"
-        summary["registered_model"] = {"name": args.register, "version": version, "alias": args.alias, "uri": model}
+    if args.register is not None:
+        version = register_pick(client, row, args.register, alias)
+        model = f"models:/{args.register}@{alias}"
+        summary["registered_model"] = {"name": args.register, "version": version, "alias": alias, "uri": model}
     record_pick(client, ref, row, args.rule, model)
     if args.json:
         print(json.dumps(summary, default=str))

@@ -43,6 +43,16 @@ def parse_rule(text: str) -> Rule:
     raise PickError(f"--rule: expected knee, max-rate=R, max-distortion=D or max-METRIC (e.g. max-mig), got {text!r}")
 
 
+def check_max_distortion(rule: Rule, rule_text: str, max_distortion: float | None) -> None:
+    """``--max-distortion D`` bounds only the max-METRIC rules (the others fix the distortion or trade it off)."""
+    if max_distortion is None:
+        return
+    if rule.kind != "max-metric":
+        raise PickError(f"--max-distortion: applies only to the max-METRIC rules (got --rule {rule_text})")
+    if not math.isfinite(max_distortion):
+        raise PickError(f"--max-distortion: expected a finite number, got {max_distortion}")
+
+
 def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
     """The frontier point farthest from the chord between its two ends, in coordinates normalised to [0, 1] by the
     frontier's range (the "Kneedle" construction, Satopää et al. 2011). With fewer than three points: the lowest

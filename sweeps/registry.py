@@ -8,6 +8,34 @@ from typing import Any
 
 from .frontier import CHECKPOINT_ARTIFACT, SweepRef
 
+PICK_TAG = "bvae.pick."  # + rule, trial_id, run_id, beta, rate, distortion, model: the last pick, on the parent run
+
+
+class RegistryNameError(ValueError):
+    """A registered-model name or alias the MLflow Model Registry would refuse; the message names the flag."""
+
+
+def check_registry_names(name: str, alias: str) -> None:
+    """Refuse, before anything is written, a model name or alias that the registry would refuse after the model was
+    logged (MLflow's own rules: no '/' or ':' in a name; aliases of letters, digits, '_' and '-', not 'latest' or
+    'v<N>')."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+        _validate_model_name,
+    )
+
+    if not name.strip():
+        raise RegistryNameError(f"--register: expected a model name, got {name!r}")
+    for flag, checks, value in (("--register", (_validate_model_name,), name),
+                                ("--alias", (_validate_model_alias_name, _validate_model_alias_name_reserved), alias)):
+        try:
+            for check in checks:
+                check(value)
+        except MlflowException as e:
+            raise RegistryNameError(f"{flag}: {e.message}") from None
+
 
 def register_pick(client, row: dict[str, Any], name: str, alias: str = "picked") -> str:
     """Log the trial's model (``mlflow.pytorch`` flavour: ``mlflow.pytorch.load_model("models:/NAME@ALIAS")``
@@ -34,18 +62,23 @@ def register_pick(client, row: dict[str, Any], name: str, alias: str = "picked")
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code) and "already exists" not in str(e):
             raise
     source = f"{client.get_run(row['run_id']).info.artifact_uri.rstrip('/')}/model"
-    version = client.create_model_version(name, source=source, run_id=row["run_id"], tags={
-        "bvae.sweep": row["sweep"], "bvae.trial_id": row["trial_id"], "bvae.beta": str(row.get("beta"))})  # fmt: skip
+    tags = {"bvae.sweep": row["sweep"], "bvae.trial_id": row["trial_id"], "bvae.beta": row.get("beta")}
+    version = client.create_model_version(name, source=source, run_id=row["run_id"],
+                                          tags={k: str(v) for k, v in tags.items() if v is not None})  # fmt: skip
     client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
 
 def record_pick(client, ref: SweepRef, row: dict[str, Any], rule: str, model: str | None = None) -> None:
-    """Note the pick on the sweep's parent run (tags ``bvae.pick.*``)."""
-    tags = {"bvae.pick.rule": rule, "bvae.pick.trial_id": row["trial_id"], "bvae.pick.run_id": row["run_id"],
-            "bvae.pick.beta": str(row.get("beta")), "bvae.pick.rate": f"{row['rate']:.6g}",
-            "bvae.pick.distortion": f"{row['distortion']:.6g}"}  # fmt: skip
-    if model:
-        tags["bvae.pick.model"] = model
+    """Note the pick on the sweep's parent run (tags ``bvae.pick.*``): a value the pick lacks (``beta`` of a
+    controlled-capacity trial, ``model`` without ``--register``) is no tag, and an earlier pick's is removed."""
+    beta = row.get("beta")
+    values = {"rule": rule, "trial_id": row["trial_id"], "run_id": row["run_id"],
+              "beta": None if beta is None else str(beta), "rate": f"{row['rate']:.6g}",
+              "distortion": f"{row['distortion']:.6g}", "model": model}  # fmt: skip
+    tags = {PICK_TAG + k: v for k, v in values.items() if v is not None}
+    stale = [k for k in client.get_run(ref.parent_run_id).data.tags if k.startswith(PICK_TAG) and k not in tags]
+    for key in stale:
+        client.delete_tag(ref.parent_run_id, key)
     for key, value in tags.items():
         client.set_tag(ref.parent_run_id, key, value)

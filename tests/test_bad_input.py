@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from sweeps.cli import main
@@ -141,3 +142,85 @@ def test_bad_s3_credentials_exit_2_naming_the_storage_path(tmp_path, capsys, mon
         assert sorted(p.name for p in work.iterdir()) == ["spec.yaml"]  # nothing started, nothing written
     finally:
         s3.stop()
+
+
+# ---------------------------------------------------------------- bvae frontier / bvae pick on a sweep in a store
+@pytest.fixture(scope="module")
+def stored_sweep(tmp_path_factory) -> tuple[str, str]:
+    """A sweep as `bvae frontier` / `bvae pick` read it (no Ray): a parent run and three completed child runs, each
+    with a real checkpoint, the middle one (the knee) a controlled-capacity trial. (tracking URI, parent run id)."""
+    from mlflow import MlflowClient
+
+    from bvae_core import Trainer
+
+    tmp = tmp_path_factory.mktemp("stored")
+    trainer = Trainer({"dataset": {"name": "gaussian", "eigenvalues": [4.0, 1.0], "n_train": 200, "n_test": 50},
+                       "model": {"arch": "linear", "latent_dim": 2, "likelihood": {"kind": "gaussian", "sigma": 1.0}},
+                       "train": {"steps": 10, "eval_every": 10, "batch_size": 16, "device": "cpu"}})  # fmt: skip
+    (tmp / "checkpoint").mkdir()
+    trainer.save(tmp / "checkpoint" / "checkpoint.pt")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("stored", artifact_location=str(tmp / "artifacts"))
+    parent = client.create_run(experiment, tags={"bvae.sweep": "stored", "bvae.sweep_key": str(tmp)}).info.run_id
+    for i, (rate, distortion, config) in enumerate([(1.0, 9.0, {"beta": "4.0"}), (3.0, 4.0, {"c_max": "9.5"}),
+                                                    (6.0, 2.0, {"beta": "0.5"})]):  # fmt: skip
+        tags = {"mlflow.parentRunId": parent, "bvae.trial_id": f"t{i}", "bvae.status": "completed",
+                **{f"bvae.config.{k}": v for k, v in config.items()}}  # fmt: skip
+        run = client.create_run(experiment, tags=tags).info.run_id
+        client.log_metric(run, "rate", rate)
+        client.log_metric(run, "distortion", distortion)
+        client.log_artifacts(run, str(tmp / "checkpoint"), artifact_path="checkpoint")
+        client.set_terminated(run)
+    return uri, parent
+
+
+def _frontier_and_pick_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
+    """(what, arguments after the sweep name, text the error line must contain)."""
+    (tmp / "notes.md").write_text("a file")
+    (tmp / "folder.parquet").mkdir()
+    knee = ["pick", "--rule", "knee"]
+    return [
+        ("--out not .parquet", ["frontier", "--out", "frontier.csv"], "--out: expected a file name ending in .parquet"),
+        ("--out empty", ["frontier", "--out", ""], "(the table is written as Parquet), got ''"),
+        ("--out under a file", ["frontier", "--out", str(tmp / "notes.md" / "f.parquet")],
+         f"--out: cannot write {tmp / 'notes.md' / 'f.parquet'}: {tmp / 'notes.md'} is a file"),
+        ("--out an existing folder", ["frontier", "--out", str(tmp / "folder.parquet")],
+         f"--out: {tmp / 'folder.parquet'} is a directory"),
+        ("--max-distortion with knee", [*knee, "--max-distortion", "60"],
+         "--max-distortion: applies only to the max-METRIC rules (got --rule knee)"),
+        ("--max-distortion with max-rate", ["pick", "--rule", "max-rate=8", "--max-distortion", "60"],
+         "--max-distortion: applies only to the max-METRIC rules (got --rule max-rate=8)"),
+        ("--max-distortion with max-distortion", ["pick", "--rule", "max-distortion=40", "--max-distortion", "60"],
+         "--max-distortion: applies only to the max-METRIC rules (got --rule max-distortion=40)"),
+        ("--max-distortion not finite", ["pick", "--rule", "max-mig", "--max-distortion", "nan"],
+         "--max-distortion: expected a finite number"),
+        ("--alias without --register", [*knee, "--alias", "best"], "--alias: applies only with --register"),
+        ("--register with a slash", [*knee, "--register", "bad name/with/slash"],
+         "--register: Invalid model name 'bad name/with/slash'. Names cannot contain '/' or ':'"),
+        ("--register empty", [*knee, "--register", ""], "--register: expected a model name"),
+        ("--alias reserved", [*knee, "--register", "vae", "--alias", "latest"], "--alias: 'latest'"),
+        ("--alias with a space", [*knee, "--register", "vae", "--alias", "a b"], "--alias: Invalid alias name: 'a b'"),
+    ]  # fmt: skip
+
+
+def test_each_malformed_frontier_or_pick_flag_exits_2_and_writes_nothing(stored_sweep, tmp_path, capsys, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri, parent = stored_sweep
+    client = MlflowClient(uri)
+    monkeypatch.chdir(tmp_path)
+    failures = []
+    for what, args, expected in _frontier_and_pick_cases(tmp_path):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        code = main([args[0], "stored", *args[1:], "--tracking-uri", uri])
+        err = capsys.readouterr().err.strip()
+        made = sorted({p.name for p in tmp_path.iterdir()} - set(before))
+        if code != 2 or "\n" in err or expected not in err or made:
+            failures.append(f"{what}: exit {code}, made {made}, stderr {err!r}")
+    assert not failures, "\n".join(failures)
+    # nothing half-done: no pick recorded, no model logged to a trial's run, nothing registered
+    assert not [k for k in client.get_run(parent).data.tags if k.startswith("bvae.pick.")]
+    for run in client.search_runs([client.get_run(parent).info.experiment_id]):
+        assert "model" not in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert client.search_registered_models() == []

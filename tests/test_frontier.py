@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 from sweeps.cli import main
 from sweeps.frontier import frontier_rows, find_sweep, hypervolume_2d, pareto_ranks, read_parquet, to_table, write_parquet
 from sweeps.pick import PickError, apply_rule, knee, parse_rule
+from sweeps.registry import record_pick
+from sweeps.store import SweepRef
 
 points_2d = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=0, max_size=25).map(
     lambda pts: np.array(pts, dtype=float).reshape(-1, 2))
@@ -93,6 +95,24 @@ def test_pick_rules():
     for bad in ("kneee", "max-rate=abc", "max-rate"):
         with pytest.raises(PickError, match="--rule"):
             parse_rule(bad)
+
+
+def test_pick_tags_hold_only_what_the_pick_has(tmp_path):
+    """A controlled-capacity pick has no β: no ``bvae.pick.beta`` (not 'None'), and none left from an earlier pick."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("tags", artifact_location=str(tmp_path / "artifacts"))
+    ref = SweepRef("tags", client.create_run(experiment, tags={"bvae.sweep": "tags"}).info.run_id, experiment)
+    beta_row, capacity_row = _rows([(1, 9), (3, 4)])
+    capacity_row["beta"] = None
+
+    def pick_tags() -> dict[str, str]:
+        return {k: v for k, v in client.get_run(ref.parent_run_id).data.tags.items() if k.startswith("bvae.pick.")}
+
+    record_pick(client, ref, beta_row, "max-rate=2", model="models:/vae@picked")
+    assert pick_tags()["bvae.pick.beta"] == "1.0" and pick_tags()["bvae.pick.model"] == "models:/vae@picked"
+    record_pick(client, ref, capacity_row, "knee")
+    assert pick_tags() == {"bvae.pick.rule": "knee", "bvae.pick.trial_id": "t1", "bvae.pick.run_id": "r1",
+                           "bvae.pick.rate": "3", "bvae.pick.distortion": "4"}  # fmt: skip
 
 
 # ---------------------------------------------------------------- on a finished tiny sweep
