@@ -40,3 +40,38 @@ def torch_bytes(obj: Any) -> memoryview:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getbuffer()
+
+
+class ReplacingFile(io.FileIO):
+    """A binary file opened for writing that replaces ``path`` only when it is closed whole: the bytes go to a hidden
+    temporary file beside it, flushed to disk and renamed over ``path`` on :meth:`close`. A process killed while
+    writing leaves ``path`` as it was (and at most the hidden temporary file); a write that raised leaves it as it
+    was too, the temporary file removed."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.target = Path(path)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.{id(self):x}.tmp")
+        self._failed = False
+        super().__init__(self._tmp, "wb")
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        try:
+            return super().write(data)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._failed:
+                self.flush()
+                os.fsync(self.fileno())
+        finally:
+            super().close()
+        if self._failed:
+            self._tmp.unlink(missing_ok=True)
+        else:
+            self._tmp.replace(self.target)

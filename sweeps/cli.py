@@ -70,6 +70,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"\n{done}/{len(outcome.rows)} trials completed. Tracking: {outcome.tracking_uri} "
           f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})")  # fmt: skip
     print(f"See it in MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
+    if outcome.interrupted:
+        print(f"bvae sweep: interrupted; its state is saved. Continue it with: bvae sweep resume {args.spec}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

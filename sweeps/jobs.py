@@ -343,7 +343,7 @@ def drive(spec_path: str) -> int:
     """The submitted job's entrypoint: resume the sweep when its Tune experiment exists in its storage, else run
     it. SIGINT (``stop``) and SIGTERM end it as Ctrl+C would: Tune saves its state and the runs end KILLED."""
     from . import cli
-    from .runner import experiment_path
+    from .runner import experiment_path, storage_filesystem
     from .spec import load_spec
 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # Ray blocks SIGINT in the processes it starts
@@ -366,7 +366,7 @@ def drive(spec_path: str) -> int:
     except PreflightError as exc:
         print(f"bvae sweep: error: {exc}", file=sys.stderr)
         return 2
-    if tune.Tuner.can_restore(experiment_path(spec)):
+    if tune.Tuner.can_restore(experiment_path(spec), storage_filesystem=storage_filesystem(spec)):
         argv[1] = "resume"
     print(f"bvae job driver: {' '.join(argv)} (storage {experiment_path(spec)})", flush=True)
     return cli.main(argv)

@@ -8,6 +8,7 @@ the project's own lines come first and every other warning still shows.
 | MLflow (`mlflow.pytorch`) | "Stored model version '2.13.0+cpu' does not match installed PyTorch version '2.13.0'" | a local build label, not a version difference |
 | MLflow | artifact download/upload progress bars | one small checkpoint |
 | MLflow | "🏃 View run … at: http://…" on stdout for every run ended on a server | one line per trial in the middle of the summary; the sweep prints where to look |
+| Ray Tune (`ray.tune.tune`) | "Experiment has been interrupted … Resume experiment with: Tuner.restore(…)" | `bvae sweep` prints its own line: `bvae sweep resume SPEC` |
 | Ray (`…authentication_token_setup`) | "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out" | the embedded Ray keeps Ray's secure default (token auth, on 127.0.0.1); nothing to do |
 
 The opposite notice ("Token authentication is *disabled* … Anyone with network access …") is kept: it concerns the
@@ -21,6 +22,7 @@ import os
 import re
 
 _SILENCED: dict[str, re.Pattern[str]] = {
+    "ray.tune.tune": re.compile(r"Experiment has been interrupted"),
     "ray._private.authentication.authentication_token_setup": re.compile(r"Token authentication is enabled for this"),
     "mlflow.store.db.utils": re.compile(r"Creating initial MLflow database tables|Updating database tables"),
     "alembic.runtime.migration": re.compile(r"Context impl|Will assume|Running upgrade"),

@@ -37,12 +37,24 @@ class SweepOutcome:
     rows: list  # progress.TrialRow per trial
     study: Any = None  # the Optuna study (when the search ran in this process)
     experiment_id: str | None = None
+    interrupted: bool = False  # Ctrl+C or `bvae job stop`: trials were cut off; `bvae sweep resume` continues them
 
 
 def storage_root(spec: SweepSpec) -> str:
     """Absolute local folder or URI (s3://…) under which Tune keeps the sweep's experiment."""
     path = spec.storage.path
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def storage_filesystem(spec: SweepSpec):
+    """The file system Tune keeps the sweep in: for a folder, one that writes each file whole or not at all (a driver
+    killed mid-save must not leave a truncated state for ``resume``: :mod:`sweeps.atomic_storage`); for a URI
+    (s3://…) None, Tune's own — an object store publishes an object whole."""
+    if "://" in spec.storage.path:
+        return None
+    from .atomic_storage import atomic_local_filesystem
+
+    return atomic_local_filesystem()
 
 
 def experiment_path(spec: SweepSpec) -> str:
@@ -91,6 +103,10 @@ def default_concurrency(spec: SweepSpec) -> int:
 
     cohort = spec.search.cohort
     return max(1, min(parallel_trials(spec), math.ceil(planned_trials(spec) / cohort)))
+
+
+#: The summary's status of a trial an interrupted sweep cut off (its MLflow run: KILLED, ``bvae.status=interrupted``).
+INTERRUPTED = "INTERRUPTED"
 
 
 def _rows_from_results(results, spec: SweepSpec) -> list:
@@ -152,6 +168,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     them."""
     from ray import tune
 
+    from .atomic_storage import unreadable_experiment_state
     from .preflight import preflight
     from .store import FAILED, KILLED, resolve_tracking_uri
     from .cohort_size import resolve_cohort
@@ -161,9 +178,14 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
     preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
-    exists = tune.Tuner.can_restore(path)
+    filesystem = storage_filesystem(spec)
+    exists = tune.Tuner.can_restore(path, storage_filesystem=filesystem)
     if resume and not exists:
         raise SpecError(f"storage.path: no sweep {spec.name!r} to resume at {path}; start it with bvae sweep run")
+    unreadable = unreadable_experiment_state(path, filesystem) if resume else None
+    if unreadable:  # Tune would log it and start the sweep over, beside the trials already run and tracked
+        raise SpecError(f"storage.path: the sweep's saved state {unreadable}; it was cut off mid-write, so nothing "
+                        f"was started. Move that file aside to resume from the state saved before it, if any")  # fmt: skip
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
@@ -186,7 +208,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})  # fmt: skip
         searcher = None
         if resume:
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=filesystem)  # fmt: skip
             _replace_callbacks(tuner, tune_callbacks(spec, callbacks))
             print(f"sweep {spec.name}: resuming from {path}; tracking {uri}", file=sys.stderr, flush=True)
         else:
@@ -201,6 +224,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                 run_config=tune.RunConfig(
                     name=spec.name,
                     storage_path=storage_root(spec),
+                    storage_filesystem=filesystem,
                     callbacks=tune_callbacks(spec, callbacks),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
@@ -222,8 +246,13 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         tracking.close(FAILED)
         raise
     study = optuna_study(searcher) if searcher is not None else None  # a restored searcher lives inside Tune
-    return SweepOutcome(path, uri, tracking.parent_run_id, _rows_from_results(results, spec), study,
-                        tracking.experiment_id)
+    rows = _rows_from_results(results, spec)
+    if tracking.interrupted:  # a trial cut off, or never started, did not fail: a resume continues it
+        for row in rows:
+            never_ran = row.status == "FAILED" and not row.step and row.trial_id not in tracking.tracked_trials()
+            if row.trial_id in tracking.cut_off or never_ran:
+                row.status = INTERRUPTED
+    return SweepOutcome(path, uri, tracking.parent_run_id, rows, study, tracking.experiment_id, tracking.interrupted)
 
 
 def _replace_callbacks(tuner, callbacks: list) -> None:

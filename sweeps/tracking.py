@@ -256,6 +256,8 @@ class MLflowTracking(Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_results: dict[str, dict] = {}
         self._ended: set[str] = set()  # trial ids whose run this callback ended
+        self.interrupted = False  # set at the experiment's end: Tune stopped with trials not ended (Ctrl+C, `stop`)
+        self.cut_off: set[str] = set()  # then: the trials whose runs were open (ended KILLED, ``interrupted``)
         self._closed = False
         self.report_seconds: list[float] = []
         self._outbox: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
@@ -465,14 +467,19 @@ class MLflowTracking(Callback):
         Interrupted = a trial Tune has not ended (PENDING/PAUSED), or a trial started here whose run was never
         ended by `on_trial_complete`/`on_trial_error` (Tune marks the trials it cuts off TERMINATED without
         calling either). Kept writes are delivered first (waiting up to ``BVAE_TRACKING_DRAIN_S`` seconds)."""
+        self.cut_off = {tid for tid in self._runs if tid not in self._ended}
+        not_ended = any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
+        self.interrupted = bool(self.cut_off) or not_ended
         if not self._drain():
             return
-        cut_off = any(tid not in self._ended for tid in self._runs)
-        not_ended = any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
         try:
-            self._finish(parent_status=KILLED if (cut_off or not_ended) else FINISHED)
+            self._finish(parent_status=KILLED if self.interrupted else FINISHED)
         except Exception as exc:  # noqa: BLE001 - tracking must not end a sweep
             logger.warning("MLflow tracking: ending the sweep's runs failed (%s)", _short_error(exc))
+
+    def tracked_trials(self) -> set[str]:
+        """The trials that have a run from this driver."""
+        return set(self._runs)
 
     def close(self, status: str = KILLED) -> None:
         """End the sweep's runs when the driver exits abnormally (e.g. KeyboardInterrupt): kept writes delivered

@@ -107,7 +107,7 @@ def test_resume_with_another_tracking_uri_logs_the_resumed_trials_there(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["final_frontier"])  # first_report: see the note on issue 12 (a Tune restore race)
+@pytest.mark.parametrize("moment", ["first_report", "final_frontier"])
 def test_a_driver_killed_then_resumed_completes_with_one_run_per_trial(tmp_path, moment):
     data = _spec(tmp_path, "killed", trials=3)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
@@ -121,6 +121,92 @@ def test_a_driver_killed_then_resumed_completes_with_one_run_per_trial(tmp_path,
     assert all(r.info.status == "FINISHED" for r in runs) and client.get_run(parent.info.run_id).info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"frontier.parquet", "rd_frontier.png"} <= artifacts  # the final frontier was published
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_sweep_interrupted_with_the_resume_command_and_resume_completes(tmp_path):
+    import signal
+
+    data = _spec(tmp_path, "ctrlc", trials=2)
+    data["base"] = {**BASE, "train": {**BASE["train"], "steps": 3000, "eval_every": 500}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("BVAE_FAULTS", None)
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "sweep", "run", "spec.yaml"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        seen = []
+        for line in driver.stderr:  # progress lines: wait until a trial is training
+            seen.append(line)
+            if "step 500/3000" in line:
+                break
+        driver.send_signal(signal.SIGINT)  # Ctrl+C
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    err = "".join(seen) + err
+    assert driver.returncode == 130, err[-3000:]
+    assert "Continue it with: bvae sweep resume spec.yaml" in err and "Tuner.restore" not in out + err
+    statuses = [line.split()[-1] for line in out.split("\n\n")[0].splitlines()[2:]]  # the summary table's rows
+    assert "INTERRUPTED" in statuses and set(statuses) <= {"COMPLETED", "INTERRUPTED"}, out
+    client, parent, runs = _runs(data["tracking"]["uri"], "ctrlc", str(tmp_path / "ray_results" / "ctrlc"))
+    assert parent.info.status == "KILLED" and "RUNNING" not in {r.info.status for r in runs}
+
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    assert resumed.returncode == 0 and "2/2 trials completed" in resumed.stdout, resumed.stderr[-3000:]
+
+
+_SLOW_WRITER = """
+import sys, time
+from sweeps.atomic_storage import atomic_local_filesystem
+with atomic_local_filesystem().open_output_stream(sys.argv[1]) as stream:
+    stream.write(b'{"trial_data": [' + b'0,' * 100000)
+    print("half written", flush=True)
+    time.sleep(60)
+    stream.write(b'0]}')
+"""
+
+
+def test_a_writer_killed_mid_file_leaves_the_storage_file_as_it_was(tmp_path):
+    """Tune's storage on a folder (sweeps.atomic_storage): a driver killed while Tune copies its state there leaves
+    the previous state whole — Tune, finding a truncated state, would start the sweep over."""
+    import pyarrow.fs as pafs
+
+    from sweeps.atomic_storage import atomic_local_filesystem, unreadable_experiment_state
+
+    state = tmp_path / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_text('{"trial_data": []}')
+    writer = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(state)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "half written"
+    writer.kill()  # SIGKILL, as a lost driver
+    writer.wait(30)
+    assert state.read_text() == '{"trial_data": []}' and unreadable_experiment_state(str(tmp_path)) is None
+    # a whole folder copied in (as Tune's sync does) arrives whole, through the same file system
+    staged = tmp_path / "staged"
+    (staged / "trial").mkdir(parents=True)
+    (staged / "trial" / "checkpoint.pt").write_bytes(bytes(range(256)) * 4096)
+    pafs.copy_files(str(staged), str(tmp_path / "copy"), destination_filesystem=atomic_local_filesystem())
+    assert (tmp_path / "copy" / "trial" / "checkpoint.pt").read_bytes() == bytes(range(256)) * 4096
+    assert not [p for p in (tmp_path / "copy").rglob(".*")]  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_a_truncated_sweep_state_at_resume_is_named_and_nothing_starts(tmp_path):
+    data = _spec(tmp_path, "cut", trials=1)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    assert _bvae(tmp_path, "sweep", "run", "spec.yaml").returncode == 0
+    state = max((tmp_path / "ray_results" / "cut").glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[:4096])  # as an in-place copy cut off by a kill (Ray's own sync, measured)
+    client, parent, before = _runs(data["tracking"]["uri"], "cut", str(tmp_path / "ray_results" / "cut"))
+
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    lines = [line for line in resumed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(state) in lines[0] and "unreadable" in lines[0], resumed.stderr
+    _, after_parent, after = _runs(data["tracking"]["uri"], "cut", str(tmp_path / "ray_results" / "cut"))
+    assert [r.info.run_id for r in after] == [r.info.run_id for r in before]  # Tune did not start the sweep over
+    assert after_parent.info.status == parent.info.status == "FINISHED"
 
 
 @pytest.mark.slow
