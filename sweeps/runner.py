@@ -249,7 +249,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     rows = _rows_from_results(results, spec)
     if tracking.interrupted:  # a trial cut off, or never started, did not fail: a resume continues it
         for row in rows:
-            never_ran = row.status == "FAILED" and not row.step and row.trial_id not in tracking.tracked_trials()
+            never_ran = row.status == "FAILED" and not row.step and row.trial_id not in tracking.started_trials()
             if row.trial_id in tracking.cut_off or never_ran:
                 row.status = INTERRUPTED
     return SweepOutcome(path, uri, tracking.parent_run_id, rows, study, tracking.experiment_id, tracking.interrupted)

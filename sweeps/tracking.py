@@ -257,7 +257,9 @@ class MLflowTracking(Callback):
         self._last_results: dict[str, dict] = {}
         self._ended: set[str] = set()  # trial ids whose run this callback ended
         self.interrupted = False  # set at the experiment's end: Tune stopped with trials not ended (Ctrl+C, `stop`)
-        self.cut_off: set[str] = set()  # then: the trials whose runs were open (ended KILLED, ``interrupted``)
+        self.cut_off: set[str] = set()  # then: the trials Tune started here and stopped without ending them
+        self._started: set[str] = set()  # trials Tune started or resumed in this driver (as Tune says, not MLflow)
+        self._told_end: set[str] = set()  # trials Tune ended through on_trial_complete / on_trial_error
         self._closed = False
         self.report_seconds: list[float] = []
         self._outbox: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
@@ -386,6 +388,8 @@ class MLflowTracking(Callback):
         # A resumed trial continues its run at once. A new trial gets its run with its first result: by then Tune
         # has saved the trial in its experiment state, so a driver killed at any moment leaves no run behind whose
         # trial a resume would not continue.
+        self._started.add(trial.trial_id)
+
         def write() -> None:
             if trial.trial_id in self._runs or self._find_child(trial.trial_id) is not None:
                 self._ensure_child(trial)
@@ -419,6 +423,7 @@ class MLflowTracking(Callback):
         self.report_seconds.append(time.perf_counter() - start)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._told_end.add(trial.trial_id)
         result = self._last_results.get(trial.trial_id) or getattr(trial, "last_result", None) or None
         outcome = trial_outcome(result, objectives=self._objectives)
         checkpoint = getattr(trial, "checkpoint", None) if outcome.completed else None
@@ -452,6 +457,7 @@ class MLflowTracking(Callback):
         self._submit(f"the retry of trial {trial.trial_id}", write)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._told_end.add(trial.trial_id)
         outcome, reason = trial_outcome(None, error=True), _error_line(trial)
 
         def write() -> None:
@@ -467,19 +473,20 @@ class MLflowTracking(Callback):
         Interrupted = a trial Tune has not ended (PENDING/PAUSED), or a trial started here whose run was never
         ended by `on_trial_complete`/`on_trial_error` (Tune marks the trials it cuts off TERMINATED without
         calling either). Kept writes are delivered first (waiting up to ``BVAE_TRACKING_DRAIN_S`` seconds)."""
-        self.cut_off = {tid for tid in self._runs if tid not in self._ended}
         not_ended = any(getattr(t, "status", None) not in ("TERMINATED", "ERROR") for t in trials)
+        self.cut_off = self._started - self._told_end  # Tune's own account, whatever MLflow has received so far
         self.interrupted = bool(self.cut_off) or not_ended
         if not self._drain():
             return
+        cut_off = any(tid not in self._ended for tid in self._runs)
         try:
-            self._finish(parent_status=KILLED if self.interrupted else FINISHED)
+            self._finish(parent_status=KILLED if (cut_off or not_ended) else FINISHED)
         except Exception as exc:  # noqa: BLE001 - tracking must not end a sweep
             logger.warning("MLflow tracking: ending the sweep's runs failed (%s)", _short_error(exc))
 
-    def tracked_trials(self) -> set[str]:
-        """The trials that have a run from this driver."""
-        return set(self._runs)
+    def started_trials(self) -> set[str]:
+        """The trials Tune started or resumed in this driver."""
+        return set(self._started)
 
     def close(self, status: str = KILLED) -> None:
         """End the sweep's runs when the driver exits abnormally (e.g. KeyboardInterrupt): kept writes delivered
