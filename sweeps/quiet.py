@@ -6,6 +6,7 @@ the project's own lines come first and every other warning still shows.
 | MLflow (`mlflow.store.db.utils`, alembic) | "Creating initial MLflow database tables…", "Updating database tables", migrations | a new local store is expected |
 | MLflow (`mlflow.pytorch`) | "Saving pytorch model by Pickle … requires exercising caution" | `bvae pick --register` saves the VAE class on purpose (`pt2` loses `encode`/`decode`); the user's own store |
 | MLflow (`mlflow.pytorch`) | "Stored model version '2.13.0+cpu' does not match installed PyTorch version '2.13.0'" | a local build label, not a version difference |
+| MLflow (`mlflow.utils.requirements_utils`) | "Found torch version (2.13.0+cpu) contains a local version label …" | `bvae pick --register` logs `torch==2.13.0`, which is what a user installs |
 | MLflow | artifact download/upload progress bars | one small checkpoint |
 | MLflow | "🏃 View run … at: http://…" on stdout for every run ended on a server | one line per trial in the middle of the summary; the sweep prints where to look |
 | Ray Tune (`ray.tune.tune`) | "Experiment has been interrupted … Resume experiment with: Tuner.restore(…)" | `bvae sweep` prints its own line: `bvae sweep resume SPEC` |
@@ -24,6 +25,7 @@ import re
 _SILENCED: dict[str, re.Pattern[str]] = {
     "ray.tune.tune": re.compile(r"Experiment has been interrupted"),
     "ray._private.authentication.authentication_token_setup": re.compile(r"Token authentication is enabled for this"),
+    "mlflow.utils.requirements_utils": re.compile(r"version \([^)]*\) contains a local version label"),
     "mlflow.store.db.utils": re.compile(r"Creating initial MLflow database tables|Updating database tables"),
     "alembic.runtime.migration": re.compile(r"Context impl|Will assume|Running upgrade"),
     "mlflow.pytorch": re.compile(r"Pickle or CloudPickle format requires|Stored model version '([^'+]+)(\+[^']*)?' "
