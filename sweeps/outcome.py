@@ -9,6 +9,7 @@ and summary table (:mod:`sweeps.progress`), the trial's MLflow run (:mod:`sweeps
 | an objective missing or not finite | failed | FAILED | ``failed`` | FAILED | FAIL |
 | finite, training not finished (a scheduler stopped it) | pruned | PRUNED | ``pruned`` | KILLED | PRUNED |
 | finite, trained to the end | completed | COMPLETED | ``completed`` | FINISHED | COMPLETE |
+| cut off by Ctrl+C / ``stop`` (not ended by Tune) | interrupted | INTERRUPTED | ``interrupted`` | KILLED | RUNNING (a resume continues it) |
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ COMPLETED = Outcome("COMPLETED", "completed", "FINISHED", "COMPLETE")
 PRUNED = Outcome("PRUNED", "pruned", "KILLED", "PRUNED", "stopped early by the scheduler")
 FAILED = Outcome("FAILED", "failed", "FAILED", "FAIL")
 ERROR = Outcome("ERROR", "error", "FAILED", "FAIL")
+INTERRUPTED = Outcome("INTERRUPTED", "interrupted", "KILLED", "RUNNING", "cut off; bvae sweep resume continues it")
 
 
 def _finite_number(value: Any) -> bool:

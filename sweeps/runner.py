@@ -105,10 +105,6 @@ def default_concurrency(spec: SweepSpec) -> int:
     return max(1, min(parallel_trials(spec), math.ceil(planned_trials(spec) / cohort)))
 
 
-#: The summary's status of a trial an interrupted sweep cut off (its MLflow run: KILLED, ``bvae.status=interrupted``).
-INTERRUPTED = "INTERRUPTED"
-
-
 def _rows_from_results(results, spec: SweepSpec) -> list:
     from .outcome import trial_outcome
     from .progress import TrialRow
@@ -245,13 +241,17 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     except BaseException:
         tracking.close(FAILED)
         raise
+    from .outcome import COMPLETED, ERROR, INTERRUPTED
+    from .outcome import FAILED as FAILED_OUTCOME  # not the MLflow run status above
+
     study = optuna_study(searcher) if searcher is not None else None  # a restored searcher lives inside Tune
     rows = _rows_from_results(results, spec)
     if tracking.interrupted:  # a trial cut off, or never started, did not fail: a resume continues it
         for row in rows:
-            never_ran = row.status == "FAILED" and not row.step and row.trial_id not in tracking.started_trials()
-            if row.trial_id in tracking.cut_off or never_ran:
-                row.status = INTERRUPTED
+            never_ran = (row.status == FAILED_OUTCOME.label and not row.step
+                         and row.trial_id not in tracking.started_trials())  # fmt: skip
+            if row.status not in (COMPLETED.label, ERROR.label) and (row.trial_id in tracking.cut_off or never_ran):
+                row.status = INTERRUPTED.label
     return SweepOutcome(path, uri, tracking.parent_run_id, rows, study, tracking.experiment_id, tracking.interrupted)
 
 

@@ -35,7 +35,7 @@ from ray.tune import Callback
 from bvae_core.config import objective_settings
 
 from .faults import kill_driver_if_planned
-from .outcome import NOTICE_KEY, trial_outcome
+from .outcome import INTERRUPTED, NOTICE_KEY, trial_outcome
 from .store import (
     CONTRACT_METRICS,
     FAILED,
@@ -634,8 +634,8 @@ class MLflowTracking(Callback):
         client = self.client
         for run in child_runs(client, self.parent_run_id):
             if run.info.status == RUNNING:
-                client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
-                client.set_terminated(run.info.run_id, status=KILLED)
+                client.set_tag(run.info.run_id, TAG_STATUS, INTERRUPTED.status_tag)
+                client.set_terminated(run.info.run_id, status=INTERRUPTED.run_status)
                 trial_id = run.data.tags.get(TAG_TRIAL_ID)
                 if trial_id:
                     self._ended.add(trial_id)
