@@ -15,21 +15,12 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | memoryview) -> 
     itself is untouched. The content is serialised in memory first (see :func:`torch_bytes`), so that a failed
     write is an ``OSError`` from the file system, not a library's own error about a broken stream."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with ReplacingFile(path) as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"cannot write {path}: {reason}; the previous file, if any, is intact") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -56,8 +47,13 @@ class ReplacingFile(io.FileIO):
         super().__init__(self._tmp, "wb")
 
     def write(self, data: Any) -> int:  # type: ignore[override]
+        """Write all of ``data`` (a raw file may take part of it per call: on a nearly full disk, say)."""
+        view = memoryview(data).cast("B")
         try:
-            return super().write(data)
+            done = 0
+            while done < len(view):
+                done += super().write(view[done:])
+            return done
         except BaseException:
             self._failed = True
             raise
@@ -66,12 +62,22 @@ class ReplacingFile(io.FileIO):
         if self.closed:
             return
         try:
+            try:
+                if not self._failed:
+                    self.flush()
+                    os.fsync(self.fileno())
+            finally:
+                super().close()
             if not self._failed:
-                self.flush()
-                os.fsync(self.fileno())
+                self._tmp.replace(self.target)
+        except BaseException:
+            self._failed = True
+            raise
         finally:
-            super().close()
-        if self._failed:
-            self._tmp.unlink(missing_ok=True)
-        else:
-            self._tmp.replace(self.target)
+            if self._failed:
+                self._tmp.unlink(missing_ok=True)
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is not None:  # the writer raised: keep the previous file
+            self._failed = True
+        self.close()
