@@ -260,6 +260,15 @@ class CohortSearch(Searcher):
             config[RUNGS_KEY] = self._rungs_name  # the trainable asks this actor whether a member stops
         return config
 
+    def release(self, trial_id: str) -> None:
+        """Tune will never run ``trial_id`` (:mod:`sweeps.searcher_state`): its members, asked and not told, wait
+        for the next cohort trial, first in line."""
+        members = [n for n in self._cohorts.pop(trial_id, []) if n not in self._told]
+        if members:
+            key = self._key(self._params[members[0]])
+            self._waiting = {key: members + self._waiting.get(key, []),
+                             **{k: numbers for k, numbers in self._waiting.items() if k != key}}  # fmt: skip
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A member that stopped training (scheduler, non-finite loss) is told to Optuna now, not when its cohort
         ends. With a scheduler, keep what the rungs actor records and decides (a member's metric at each evaluation,

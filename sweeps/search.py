@@ -14,11 +14,12 @@ from typing import Any
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .member_scheduler import evaluations as _evaluations
 from .outcome import trial_outcome
+from .searcher_state import SweepSearchGenerator
 from .space import DefineByRun, grid_values
 from .spec import SweepSpec
 
@@ -54,6 +55,19 @@ class SweepSearch(OptunaSearch):
             return
         tell_outcome(self._ot_study, self._ot_trials[trial_id], result, list(self.metric), error)
         self._completed_trials.add(trial_id)
+
+    def release(self, trial_id: str) -> None:
+        """Tune will never run ``trial_id`` (:mod:`sweeps.searcher_state`): its asked Optuna trial, with the values
+        the sampler chose, goes to the next trial this searcher is asked for."""
+        ot_trial = self._ot_trials.pop(trial_id, None)
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            self.__dict__.setdefault("_released", []).append(ot_trial)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        released = self.__dict__.get("_released")
+        if released and trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = released.pop(0)  # OptunaSearch reuses a known trial: the same values
+        return super().suggest(trial_id)
 
     @property
     def study(self) -> optuna.Study:
@@ -108,16 +122,20 @@ def fused(spec: SweepSpec) -> bool:
     return spec.search.cohort > 1
 
 
-def build_searcher(spec: SweepSpec, concurrency: int) -> ConcurrencyLimiter:
+def build_searcher(spec: SweepSpec, concurrency: int) -> SweepSearchGenerator:
+    """The sweep's search for Tune: its searcher (Optuna, or fused cohorts) behind a concurrency limit, in a generator
+    that heals a searcher state saved out of step with the trials on resume (:mod:`sweeps.searcher_state`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher: Searcher
     if fused(spec):
         from .cohorts import CohortSearch
 
-        return ConcurrencyLimiter(CohortSearch(spec, make_sampler(spec), planned_trials(spec)), max_concurrent=concurrency)
-    searcher = SweepSearch(space=DefineByRun(spec.space), metric=list(spec.search.objectives),
-                           mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec),
-                           seed=spec.search.seed)  # fmt: skip
-    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+        searcher = CohortSearch(spec, make_sampler(spec), planned_trials(spec))
+    else:
+        searcher = SweepSearch(space=DefineByRun(spec.space), metric=list(spec.search.objectives),
+                               mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec),
+                               seed=spec.search.seed)  # fmt: skip
+    return SweepSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=concurrency))
 
 
 def build_scheduler(spec: SweepSpec) -> TrialScheduler | None:
@@ -132,6 +150,9 @@ def build_scheduler(spec: SweepSpec) -> TrialScheduler | None:
                          reduction_factor=settings.reduction_factor)  # fmt: skip
 
 
-def optuna_study(searcher: ConcurrencyLimiter | SweepSearch) -> optuna.Study:
-    inner = searcher.searcher if isinstance(searcher, ConcurrencyLimiter) else searcher
+def optuna_study(search: SearchGenerator | Searcher) -> optuna.Study:
+    """The Optuna study inside the sweep's search (:func:`build_searcher`), whatever wraps it."""
+    inner: Any = search
+    while hasattr(inner, "searcher"):
+        inner = inner.searcher
     return inner.study

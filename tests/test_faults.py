@@ -210,6 +210,46 @@ def test_a_truncated_sweep_state_at_resume_is_named_and_nothing_starts(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_searcher_state_newer_than_the_saved_trials_resumes_to_the_planned_trials(tmp_path):
+    """A driver killed while Tune copied its state files (sweeps.searcher_state): the searcher's state is of the save
+    after the first trial ended and the next was asked for; the saved trials are of the save before. Without the
+    fix the asked-for trial holds the only concurrency slot and the resume waits forever."""
+    import ray.cloudpickle as cloudpickle
+
+    from sweeps.search import SweepSearch
+
+    data = _spec(tmp_path, "paired", trials=3)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    killed = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"kill_driver_at": "first_report"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    folder = tmp_path / "ray_results" / "paired"
+    generator_file, searcher_file = max(folder.glob("search_gen_state-*.json")), max(folder.glob("searcher-state-*.pkl"))
+    generator = cloudpickle.loads(generator_file.read_bytes())
+    (first,) = generator["name:ConcurrencyLimiter"]["live_trials"]
+    searcher = SweepSearch.__new__(SweepSearch)  # Ray's own restore of the saved searcher, then what it did next
+    searcher.restore(str(searcher_file))
+    searcher.on_trial_complete(first, result={"rate": 0.6, "distortion": 6.0, "done_training": True})
+    lost_beta = searcher.suggest("lost0001")["objective.beta"]
+    searcher.save(str(searcher_file))
+    generator["counter"] += 1
+    generator["name:ConcurrencyLimiter"]["live_trials"] = {"lost0001"}
+    generator_file.write_bytes(cloudpickle.dumps(generator))
+
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml", timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "3/3 trials completed" in resumed.stdout
+    assert "trial lost0001 was asked for but not saved" in resumed.stderr
+    client, parent, runs = _runs(data["tracking"]["uri"], "paired", str(folder))
+    betas = {r.data.tags["bvae.trial_id"]: float(r.data.params["objective.beta"]) for r in runs}
+    assert len(betas) == 3 and "lost0001" not in betas and all(r.info.status == "FINISHED" for r in runs)
+    assert any(abs(b - lost_beta) < 1e-9 for t, b in betas.items() if t != first)  # the asked values were trained
+    resumed_searcher = SweepSearch.__new__(SweepSearch)
+    resumed_searcher.restore(str(max(folder.glob("searcher-state-*.pkl"))))
+    states = [t.state.name for t in resumed_searcher.study.trials]
+    assert len(states) == 3 and "RUNNING" not in states, states  # every asked trial told, none asked twice
+
+
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_at_resume_is_named_and_the_previous_one_used(tmp_path):
     data = _spec(tmp_path, "corrupt", trials=1, max_failures=0)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))

@@ -1,0 +1,68 @@
+"""A resumed searcher made to agree with the trials Tune saved (:mod:`sweeps.searcher_state`): files of two saves side by
+side must not leave a concurrency slot held for good. Real Optuna and Ray Tune's own limiter and generator; the
+end-to-end resume is in ``test_faults.py``."""
+
+from __future__ import annotations
+
+import optuna
+
+from sweeps.searcher_state import SavedTrial
+from sweeps.search import build_searcher
+from sweeps.spec import parse_spec
+from test_sweep import make_spec
+
+SPACE = {"objective.beta": {"log_uniform": [0.2, 5.0]}, "model.latent_dim": {"choice": [2, 4]}}
+
+
+def _search(tmp_path, cohort: int = 1, trials: int = 4):
+    spec = parse_spec(make_spec(tmp_path, "healed", {"trials": trials, "cohort": cohort, "seed": 0, "sampler": "random",
+                                                      "concurrency": 1, "space": SPACE}))  # fmt: skip
+    return build_searcher(spec, concurrency=1)
+
+
+def _study(search) -> optuna.Study:
+    return search.searcher.searcher.study
+
+
+def test_a_trial_asked_for_but_never_saved_frees_its_slot_and_its_values_go_to_the_next_trial(tmp_path):
+    search = _search(tmp_path)
+    asked = search.searcher.suggest("lost")
+    search._counter = 1  # as Tune counted it when it created the trial
+    assert search.searcher.suggest("next") is None  # the slot is held: at concurrency 1, nothing else would start
+
+    lines = search.settle({})  # the saved trials do not have it
+    assert len(lines) == 1 and "lost" in lines[0]
+    assert search._counter == 0 and not search.searcher.live_trials
+    assert search.searcher.suggest("next") == asked  # the sampler's values, not a new ask
+    assert len(_study(search).trials) == 1
+
+
+def test_a_trial_saved_as_ended_that_the_searcher_missed_is_told_with_its_last_result(tmp_path):
+    search = _search(tmp_path)
+    search.searcher.suggest("ended")
+    result = {"rate": 1.5, "distortion": 2.5, "done_training": True}
+    lines = search.settle({"ended": SavedTrial("TERMINATED", result)})
+    assert len(lines) == 1 and "ended" in lines[0]
+    trial = _study(search).trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [1.5, 2.5]
+    assert search.searcher.suggest("next") is not None  # the slot is free
+
+
+def test_trials_the_saves_agree_on_are_left_as_they_are(tmp_path):
+    search = _search(tmp_path)
+    search.searcher.suggest("running")
+    search._counter = 1
+    for status in ("RUNNING", "PENDING", "ERROR"):  # Tune resumes these: their end reaches the searcher then
+        assert search.settle({"running": SavedTrial(status, {})}) == []
+    assert search.searcher.live_trials == {"running"} and search._counter == 1
+    assert _study(search).trials[0].state == optuna.trial.TrialState.RUNNING
+
+
+def test_a_lost_cohort_trials_members_train_in_the_next_cohort_trial(tmp_path):
+    search = _search(tmp_path, cohort=2, trials=4)
+    members = [m["number"] for m in search.searcher.suggest("lost")["members"]]
+    search.settle({})
+    again = [m["number"] for m in search.searcher.suggest("next")["members"]]
+    assert again == members
+    asked = {t.number for t in _study(search).trials}
+    assert len(asked) <= 4  # the budget is not spent twice
