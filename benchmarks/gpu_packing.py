@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,6 +55,17 @@ from bvae_core.trainer import Trainer, resolve_device, training_losses
 
 LATENT_DIM, BATCH, LR = 10, 64, 5.0e-4
 TARGET_VS_PROCS, TARGET_MATMUL_SHARE = 10.0, 0.05
+PAPER_MODELS, PAPER_STEPS, PAPER_AIM_MINUTES = 32, 300_000, 30  # Burgess et al. (2018)'s frontier, one GPU
+
+
+def paper_frontier_minutes(images_per_s: dict[str, float]) -> tuple[str, float] | None:
+    """(route, minutes) the paper-length frontier's training takes at the rate of a cohort of its size — graphed if
+    measured — which is what ``search.cohort: auto`` runs it as on one GPU; None if that route was not measured."""
+    for label in (f"cohort K={PAPER_MODELS} +graph", f"cohort K={PAPER_MODELS}"):
+        rate = images_per_s.get(label)
+        if rate and math.isfinite(rate):
+            return label, PAPER_MODELS * PAPER_STEPS * BATCH / rate / 60
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -371,10 +383,12 @@ def main() -> None:
                          cohort_best >= TARGET_VS_PROCS * procs_best))  # fmt: skip
         verdicts.append((f"{cohort_best_label} ≥ {TARGET_MATMUL_SHARE:.0%} of the bf16 matmul rate", share,
                          share >= TARGET_MATMUL_SHARE))  # fmt: skip
+    paper = paper_frontier_minutes(by)
     result = {"device": name, "torch": torch.__version__, "arch": args.arch, "dataset": args.dataset,
               "resolution": args.resolution, "batch_per_model": BATCH, "precision": args.precision,
               "train_flop_per_image": flops, "matmul_flop_per_s": mm, "estimated_bytes_per_member": estimate, "reference": reference, "routes": rows,
               "verdicts": [{"check": c, "ratio": r, "pass": p} for c, r, p in verdicts], "conv_stack": convs,
+              "paper_frontier_training_minutes": None if cpu else paper,
               "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -400,6 +414,11 @@ def main() -> None:
                   f"vmap/grouped {c['vmap_s'] / c['grouped_s']:.2f}   outputs differ by ≤ {c['max_rel_diff']:.1e}")
     for check, ratio, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {check}: {ratio:.3g}")
+    if not cpu and paper:
+        label, minutes = paper
+        print(f"the paper-length frontier (sweeps/configs/dsprites_paper_gpu.yaml: {PAPER_MODELS} models × "
+              f"{PAPER_STEPS:,} steps × batch {BATCH}) at the {label} rate: {minutes:.0f} min of training, "
+              f"before evaluations (aim: {PAPER_AIM_MINUTES} min on an H200)")  # fmt: skip
     print(f"load average: {result['load_average']}")
 
 
