@@ -223,7 +223,8 @@ def test_a_searcher_state_newer_than_the_saved_trials_resumes_to_the_planned_tri
     killed = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"kill_driver_at": "first_report"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     folder = tmp_path / "ray_results" / "paired"
-    generator_file, searcher_file = max(folder.glob("search_gen_state-*.json")), max(folder.glob("searcher-state-*.pkl"))
+    generator_file = max(folder.glob("search_gen_state-*.json"))
+    searcher_file = max(folder.glob("searcher-state-*.pkl"))
     generator = cloudpickle.loads(generator_file.read_bytes())
     (first,) = generator["name:ConcurrencyLimiter"]["live_trials"]
     searcher = SweepSearch.__new__(SweepSearch)  # Ray's own restore of the saved searcher, then what it did next

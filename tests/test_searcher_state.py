@@ -1,5 +1,5 @@
-"""A resumed searcher made to agree with the trials Tune saved (:mod:`sweeps.searcher_state`): files of two saves side by
-side must not leave a concurrency slot held for good. Real Optuna and Ray Tune's own limiter and generator; the
+"""A resumed searcher made to agree with the trials Tune saved (:mod:`sweeps.searcher_state`): files of two saves
+side by side must not leave a concurrency slot held for good. Real Optuna and Ray Tune's own limiter and generator; the
 end-to-end resume is in ``test_faults.py``."""
 
 from __future__ import annotations
