@@ -133,8 +133,7 @@ def build_searcher(spec: SweepSpec, concurrency: int) -> SweepSearchGenerator:
         searcher = CohortSearch(spec, make_sampler(spec), planned_trials(spec))
     else:
         searcher = SweepSearch(space=DefineByRun(spec.space), metric=list(spec.search.objectives),
-                               mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec),
-                               seed=spec.search.seed)  # fmt: skip
+                               mode=["min"] * len(spec.search.objectives), sampler=make_sampler(spec))  # seeded
     return SweepSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=concurrency))
 
 
