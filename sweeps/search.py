@@ -63,6 +63,16 @@ class SweepSearch(OptunaSearch):
         if ot_trial is not None and trial_id not in self._completed_trials:
             self.__dict__.setdefault("_released", []).append(ot_trial)
 
+    def knows(self, trial_id: str) -> bool:
+        return trial_id in self._ot_trials or trial_id in self._completed_trials
+
+    def register(self, trial_id: str, params: dict[str, Any]) -> None:
+        """Take ``trial_id``, which Tune created with ``params`` after this searcher's state was saved
+        (:mod:`sweeps.searcher_state`), as an asked trial with those values: Optuna is told when it ends."""
+        self._ot_study.enqueue_trial(params, skip_if_exists=False)
+        self._ot_trials[trial_id] = self._ot_study.ask()
+        self._suggest_from_define_by_run_func(self._space, self._ot_trials[trial_id])  # the enqueued values
+
     def suggest(self, trial_id: str) -> dict | None:
         released = self.__dict__.get("_released")
         if released and trial_id not in self._ot_trials:

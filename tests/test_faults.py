@@ -210,13 +210,15 @@ def test_a_truncated_sweep_state_at_resume_is_named_and_nothing_starts(tmp_path)
 
 
 @pytest.mark.slow
-def test_a_searcher_state_newer_than_the_saved_trials_resumes_to_the_planned_trials(tmp_path):
-    """A driver killed while Tune copied its state files (sweeps.searcher_state): the searcher's state is of the save
-    after the first trial ended and the next was asked for; the saved trials are of the save before. Without the
-    fix the asked-for trial holds the only concurrency slot and the resume waits forever."""
+@pytest.mark.parametrize("searcher_save", ["newer", "older"])
+def test_a_searcher_state_of_another_save_than_the_saved_trials_resumes_to_the_planned_trials(tmp_path, searcher_save):
+    """A driver killed while Tune copied its state files (sweeps.searcher_state). ``newer``: the searcher's state is
+    of the save after the first trial ended and the next was asked for; without the fix that asked-for trial holds
+    the only concurrency slot and the resume waits forever. ``older``: the searcher's state is of the save before the
+    first trial was asked for; without the fix Optuna never hears of that trial and a fourth trial is created."""
     import ray.cloudpickle as cloudpickle
 
-    from sweeps.search import SweepSearch
+    from sweeps.search import SweepSearch, build_searcher
 
     data = _spec(tmp_path, "paired", trials=3)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
@@ -227,27 +229,37 @@ def test_a_searcher_state_newer_than_the_saved_trials_resumes_to_the_planned_tri
     searcher_file = max(folder.glob("searcher-state-*.pkl"))
     generator = cloudpickle.loads(generator_file.read_bytes())
     (first,) = generator["name:ConcurrencyLimiter"]["live_trials"]
-    searcher = SweepSearch.__new__(SweepSearch)  # Ray's own restore of the saved searcher, then what it did next
-    searcher.restore(str(searcher_file))
-    searcher.on_trial_complete(first, result={"rate": 0.6, "distortion": 6.0, "done_training": True})
-    lost_beta = searcher.suggest("lost0001")["objective.beta"]
+    if searcher_save == "newer":
+        searcher = SweepSearch.__new__(SweepSearch)  # Ray's own restore of the saved searcher, then what it did next
+        searcher.restore(str(searcher_file))
+        searcher.on_trial_complete(first, result={"rate": 0.6, "distortion": 6.0, "done_training": True})
+        lost_beta = searcher.suggest("lost0001")["objective.beta"]
+        generator["counter"] += 1
+        generator["name:ConcurrencyLimiter"]["live_trials"] = {"lost0001"}
+    else:  # the state the sweep started with: nothing asked
+        spec = parse_spec({**data, "search": {**data["search"], "cohort": 1}})  # auto resolves to 1 on CPUs
+        searcher = build_searcher(spec, concurrency=1).searcher.searcher
+        generator["counter"] = 0
+        generator["name:ConcurrencyLimiter"].update(live_trials=set(), num_unfinished_live_trials=0)
     searcher.save(str(searcher_file))
-    generator["counter"] += 1
-    generator["name:ConcurrencyLimiter"]["live_trials"] = {"lost0001"}
     generator_file.write_bytes(cloudpickle.dumps(generator))
 
     resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml", timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "3/3 trials completed" in resumed.stdout
-    assert "trial lost0001 was asked for but not saved" in resumed.stderr
+    said = "trial lost0001 was asked for but not saved" if searcher_save == "newer" else f"trial {first} was saved after"
+    assert said in resumed.stderr
     client, parent, runs = _runs(data["tracking"]["uri"], "paired", str(folder))
     betas = {r.data.tags["bvae.trial_id"]: float(r.data.params["objective.beta"]) for r in runs}
     assert len(betas) == 3 and "lost0001" not in betas and all(r.info.status == "FINISHED" for r in runs)
-    assert any(abs(b - lost_beta) < 1e-9 for t, b in betas.items() if t != first)  # the asked values were trained
+    if searcher_save == "newer":
+        assert any(abs(b - lost_beta) < 1e-9 for t, b in betas.items() if t != first)  # the asked values trained
     resumed_searcher = SweepSearch.__new__(SweepSearch)
     resumed_searcher.restore(str(max(folder.glob("searcher-state-*.pkl"))))
-    states = [t.state.name for t in resumed_searcher.study.trials]
-    assert len(states) == 3 and "RUNNING" not in states, states  # every asked trial told, none asked twice
+    trials = resumed_searcher.study.trials
+    assert len(trials) == 3 and not [t for t in trials if t.state.name == "RUNNING"]  # all told, none asked twice
+    if searcher_save == "older":  # the first trial, given to Optuna with its values, was told its end
+        assert abs(trials[0].params["objective.beta"] - betas[first]) < 1e-9 and trials[0].state.name == "COMPLETE"
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def test_a_trial_saved_as_ended_that_the_searcher_missed_is_told_with_its_last_r
     search = _search(tmp_path)
     search.searcher.suggest("ended")
     result = {"rate": 1.5, "distortion": 2.5, "done_training": True}
-    lines = search.settle({"ended": SavedTrial("TERMINATED", result)})
+    lines = search.settle({"ended": SavedTrial("TERMINATED", result, {})})
     assert len(lines) == 1 and "ended" in lines[0]
     trial = _study(search).trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [1.5, 2.5]
@@ -53,9 +53,24 @@ def test_trials_the_saves_agree_on_are_left_as_they_are(tmp_path):
     search.searcher.suggest("running")
     search._counter = 1
     for status in ("RUNNING", "PENDING", "ERROR"):  # Tune resumes these: their end reaches the searcher then
-        assert search.settle({"running": SavedTrial(status, {})}) == []
+        assert search.settle({"running": SavedTrial(status, {}, {})}) == []
     assert search.searcher.live_trials == {"running"} and search._counter == 1
     assert _study(search).trials[0].state == optuna.trial.TrialState.RUNNING
+
+
+def test_a_saved_trial_the_searcher_never_asked_for_is_given_to_optuna_with_its_values(tmp_path):
+    search = _search(tmp_path)
+    values = {"objective.beta": 1.25, "model.latent_dim": 4}
+    ended_result = {"rate": 1.0, "distortion": 3.0, "done_training": True}
+    lines = search.settle({"late": SavedTrial("RUNNING", {}, values),
+                           "late_ended": SavedTrial("TERMINATED", ended_result, {**values, "objective.beta": 2.0})})
+    assert len(lines) == 2 and search._counter == 2  # Tune counts the saved trials: no extra trial is created
+    running, ended = _study(search).trials
+    assert running.params == values and running.state == optuna.trial.TrialState.RUNNING
+    assert ended.params["objective.beta"] == 2.0 and ended.values == [1.0, 3.0]
+    assert search.searcher.live_trials == {"late"}
+    search.searcher.on_trial_complete("late", result={"rate": 0.5, "distortion": 4.0, "done_training": True})
+    assert _study(search).trials[0].values == [0.5, 4.0]  # its end reached Optuna
 
 
 def test_a_lost_cohort_trials_members_train_in_the_next_cohort_trial(tmp_path):
