@@ -91,11 +91,10 @@ def atomic_local_filesystem() -> pafs.FileSystem:
     return pafs.PyFileSystem(AtomicLocalHandler())
 
 
-def unreadable_experiment_state(experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> str | None:
-    """Why the state a resume would read from ``experiment_dir`` (a folder or URI) is unusable, or None if it reads.
-
-    Tune itself does not stop on an unreadable state: it starts the sweep over, which would run the planned trials
-    again beside the ones already tracked."""
+def newest_experiment_state(experiment_dir: str, filesystem: pafs.FileSystem | None = None
+                            ) -> tuple[str, bytes] | None:  # fmt: skip
+    """The path and bytes of the experiment state a resume restores from — Tune's choice, the greatest name — in
+    ``experiment_dir`` (a folder or URI), or None if there is none. ``OSError`` if it cannot be read."""
     if filesystem is None:
         filesystem, experiment_dir = pafs.FileSystem.from_uri(experiment_dir)
     import fnmatch
@@ -103,11 +102,24 @@ def unreadable_experiment_state(experiment_dir: str, filesystem: pafs.FileSystem
     infos = filesystem.get_file_info(pafs.FileSelector(experiment_dir, allow_not_found=True))
     names = sorted(fnmatch.filter([info.base_name for info in infos if info.is_file], EXPERIMENT_STATE_GLOB))
     if not names:
-        return None  # nothing to resume: the caller says so in its own words
+        return None
     newest = f"{experiment_dir.rstrip('/')}/{names[-1]}"
+    with filesystem.open_input_stream(newest) as stream:
+        return newest, stream.readall()
+
+
+def unreadable_experiment_state(experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> str | None:
+    """Why the state a resume would read from ``experiment_dir`` (a folder or URI) is unusable, or None if it reads.
+
+    Tune itself does not stop on an unreadable state: it starts the sweep over, which would run the planned trials
+    again beside the ones already tracked."""
+    newest = None
     try:
-        with filesystem.open_input_stream(newest) as stream:
-            json.loads(stream.readall())
+        found = newest_experiment_state(experiment_dir, filesystem)
+        if found is None:
+            return None  # nothing to resume: the caller says so in its own words
+        newest, data = found
+        json.loads(data)
     except (OSError, ValueError) as exc:
-        return f"{newest} is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
+        return f"{newest or experiment_dir} is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
     return None

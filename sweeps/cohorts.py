@@ -260,6 +260,10 @@ class CohortSearch(Searcher):
             config[RUNGS_KEY] = self._rungs_name  # the trainable asks this actor whether a member stops
         return config
 
+    def pending(self) -> set[str]:
+        """The cohort trials with a member asked for and not yet told."""
+        return {trial_id for trial_id, members in self._cohorts.items() if any(n not in self._told for n in members)}
+
     def release(self, trial_id: str) -> None:
         """Tune will never run ``trial_id`` (:mod:`sweeps.searcher_state`): its members, asked and not told, wait
         for the next cohort trial, first in line."""

@@ -207,6 +207,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=filesystem)  # fmt: skip
             _replace_callbacks(tuner, tune_callbacks(spec, callbacks))
+            _restore_search_from(tuner, path, filesystem)
             print(f"sweep {spec.name}: resuming from {path}; tracking {uri}", file=sys.stderr, flush=True)
         else:
             concurrency = default_concurrency(spec)
@@ -264,6 +265,20 @@ def _replace_callbacks(tuner, callbacks: list) -> None:
         raise RuntimeError(f"this Ray version's Tuner has no restored run config to update ({exc}); pin ray as in "
                            f"requirements.txt") from exc  # fmt: skip
     run_config.callbacks = callbacks
+
+
+def _restore_search_from(tuner, path: str, filesystem) -> None:
+    """Tell the restored search where Tune restores its trials from, to agree with them
+    (:class:`sweeps.searcher_state.SweepSearchGenerator`). A sweep started before it existed has none to tell."""
+    from .searcher_state import SweepSearchGenerator
+
+    try:
+        search = tuner._local_tuner._tune_config.search_alg
+    except AttributeError as exc:  # pragma: no cover - a Ray upgrade moved it
+        raise RuntimeError(f"this Ray version's Tuner has no restored search to update ({exc}); pin ray as in "
+                           f"requirements.txt") from exc  # fmt: skip
+    if isinstance(search, SweepSearchGenerator):
+        search.restored_from = (path, filesystem)
 
 
 def _prepare_callbacks(tracking, live) -> None:

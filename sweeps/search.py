@@ -63,6 +63,10 @@ class SweepSearch(OptunaSearch):
         if ot_trial is not None and trial_id not in self._completed_trials:
             self.__dict__.setdefault("_released", []).append(ot_trial)
 
+    def pending(self) -> set[str]:
+        """The trials asked for and not yet told."""
+        return set(self._ot_trials) - self._completed_trials
+
     def knows(self, trial_id: str) -> bool:
         return trial_id in self._ot_trials or trial_id in self._completed_trials
 

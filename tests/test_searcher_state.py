@@ -4,9 +4,12 @@ end-to-end resume is in ``test_faults.py``."""
 
 from __future__ import annotations
 
+import json
+import sys
+
 import optuna
 
-from sweeps.searcher_state import SavedTrial
+from sweeps.searcher_state import SavedTrial, saved_trials
 from sweeps.search import build_searcher
 from sweeps.spec import parse_spec
 from test_sweep import make_spec
@@ -81,3 +84,51 @@ def test_a_lost_cohort_trials_members_train_in_the_next_cohort_trial(tmp_path):
     assert again == members
     asked = {t.number for t in _study(search).trials}
     assert len(asked) <= 4  # the budget is not spent twice
+
+
+def test_a_released_cohort_trains_though_the_searcher_had_ended(tmp_path):
+    search = _search(tmp_path, cohort=2, trials=4)
+    search.searcher.set_max_concurrency(2)
+    first = search.searcher.suggest("first")["members"]
+    lost = [m["number"] for m in search.searcher.suggest("lost")["members"]]
+    search.searcher.on_trial_complete("first", {"members": {str(j): {"rate": 1.0, "distortion": 2.0}
+                                                            for j in range(len(first))}})  # fmt: skip
+    assert search.searcher.suggest("third") == "FINISHED"
+    search._finished, search._total_samples = True, sys.maxsize  # as Tune's generator has them (num_samples -1)
+    search.settle({"first": SavedTrial("TERMINATED", {}, {})})
+    assert not search.is_finished()
+    assert [m["number"] for m in search.searcher.suggest("next")["members"]] == lost
+
+
+def test_a_trial_only_the_searcher_asked_for_is_released_too(tmp_path):
+    """Three files, three saves: the searcher asked for a trial that neither the limiter nor Tune saved."""
+    search = _search(tmp_path)
+    asked = search.searcher.suggest("lost")
+    search.searcher.live_trials.clear()  # the limiter's state is of the save before the ask
+    search.searcher.num_unfinished_live_trials = 0
+    lines = search.settle({})
+    assert len(lines) == 1 and "lost" in lines[0]
+    assert search.searcher.suggest("next") == asked and len(_study(search).trials) == 1  # not left RUNNING aside
+
+
+def _state(folder, name: str, trials: dict[str, float]) -> None:
+    data = [[json.dumps({"trial_id": tid, "status": "RUNNING", "evaluated_params": {"objective.beta": beta}}),
+             json.dumps({"last_result": {}})] for tid, beta in trials.items()]  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"experiment_state-{name}.json").write_text(json.dumps({"trial_data": data}))
+
+
+def test_the_trials_are_read_where_tune_restores_them_from_in_the_order_it_made_them(tmp_path):
+    storage, staging = tmp_path / "storage", tmp_path / "staging"
+    _state(storage, "2026-01-01_00-00-00", {"b": 1.0})
+    _state(storage, "2026-01-02_00-00-00", {"z": 2.0, "a": 3.0})  # the newest: what Tune restores
+    _state(staging, "2026-01-02_00-00-00", {"z": 2.0, "a": 3.0})
+    _state(staging, "2026-01-03_00-00-00", {"z": 2.0, "a": 3.0, "stale": 4.0})  # staged, never stored
+    trials = saved_trials(str(storage))
+    assert list(trials) == ["z", "a"] and trials["a"].params == {"objective.beta": 3.0}
+    search = _search(tmp_path)
+    assert list(search.saved_trials(str(staging))) == ["z", "a", "stale"]  # without the driver's word: the copy
+    search.restored_from = (str(storage), None)
+    assert list(search.saved_trials(str(staging))) == ["z", "a"]
+    (storage / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [')
+    assert saved_trials(str(storage)) is None  # unreadable: restored as saved, with a warning
