@@ -206,8 +206,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         if resume:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=filesystem)  # fmt: skip
-            _replace_callbacks(tuner, tune_callbacks(spec, callbacks))
-            _restore_search_from(tuner, path, filesystem)
+            _update_restored_tuner(tuner, tune_callbacks(spec, callbacks), path, filesystem)
             print(f"sweep {spec.name}: resuming from {path}; tracking {uri}", file=sys.stderr, flush=True)
         else:
             concurrency = default_concurrency(spec)
@@ -256,27 +255,19 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     return SweepOutcome(path, uri, tracking.parent_run_id, rows, study, tracking.experiment_id, tracking.interrupted)
 
 
-def _replace_callbacks(tuner, callbacks: list) -> None:
-    """``Tuner.restore`` unpickles the first run's callbacks (and so its tracking URI); use this driver's instead.
-    Ray has no public hook for it: this reaches into the restored run config and says so when Ray changes."""
-    try:
-        run_config = tuner._local_tuner.get_run_config()
-    except AttributeError as exc:  # pragma: no cover - a Ray upgrade moved it
-        raise RuntimeError(f"this Ray version's Tuner has no restored run config to update ({exc}); pin ray as in "
-                           f"requirements.txt") from exc  # fmt: skip
-    run_config.callbacks = callbacks
-
-
-def _restore_search_from(tuner, path: str, filesystem) -> None:
-    """Tell the restored search where Tune restores its trials from, to agree with them
-    (:class:`sweeps.searcher_state.SweepSearchGenerator`). A sweep started before it existed has none to tell."""
+def _update_restored_tuner(tuner, callbacks: list, path: str, filesystem) -> None:
+    """``Tuner.restore`` unpickles the first run's callbacks (and so its tracking URI): use this driver's instead.
+    And tell the restored search where Tune restores its trials from, to agree with them
+    (:class:`sweeps.searcher_state.SweepSearchGenerator`; a sweep started before it existed has none to tell).
+    Ray has no public hook for either: this reaches into the restored tuner and says so when Ray changes."""
     from .searcher_state import SweepSearchGenerator
 
     try:
-        search = tuner._local_tuner._tune_config.search_alg
+        run_config, search = tuner._local_tuner.get_run_config(), tuner._local_tuner._tune_config.search_alg
     except AttributeError as exc:  # pragma: no cover - a Ray upgrade moved it
-        raise RuntimeError(f"this Ray version's Tuner has no restored search to update ({exc}); pin ray as in "
-                           f"requirements.txt") from exc  # fmt: skip
+        raise RuntimeError(f"this Ray version's Tuner has no restored run config or search to update ({exc}); pin "
+                           f"ray as in requirements.txt") from exc  # fmt: skip
+    run_config.callbacks = callbacks
     if isinstance(search, SweepSearchGenerator):
         search.restored_from = (path, filesystem)
 
