@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .search import planned_trials
+from .space import planned_trials
 from .spec import SweepSpec, parse_spec
 
 COHORT_CAP = 32

@@ -99,7 +99,7 @@ def parallel_trials(spec: SweepSpec) -> int:
 def default_concurrency(spec: SweepSpec) -> int:
     """Ray trials at once (:func:`parallel_trials`), never more than there are trials — or cohorts of them (a
     cohort trial trains several; ``search.cohort`` resolved)."""
-    from .search import planned_trials
+    from .space import planned_trials
 
     cohort = spec.search.cohort
     return max(1, min(parallel_trials(spec), math.ceil(planned_trials(spec) / cohort)))
@@ -168,7 +168,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     from .preflight import preflight
     from .store import FAILED, KILLED, resolve_tracking_uri
     from .cohort_size import resolve_cohort
-    from .search import build_scheduler, build_searcher, fused, optuna_study, planned_trials
+    from .search import build_scheduler, build_searcher, fused, optuna_study
+    from .space import planned_trials
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())

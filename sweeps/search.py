@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Any
 
@@ -20,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .member_scheduler import evaluations as _evaluations
 from .outcome import trial_outcome
 from .searcher_state import SweepSearchGenerator
-from .space import DefineByRun, grid_values
+from .space import DefineByRun, grid_values, planned_trials
 from .spec import SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -117,16 +116,6 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     if s.sampler == "grid":
         return _AskTellGridSampler(grid_values(spec.space), seed=s.seed)
     raise ValueError(f"search.sampler: unknown sampler {s.sampler!r}")
-
-
-def grid_size(spec: SweepSpec) -> int:
-    return math.prod(len(v) for v in grid_values(spec.space).values())
-
-
-def planned_trials(spec: SweepSpec) -> int:
-    """The trials the sweep will run: ``search.trials``, at most the grid's size for the grid sampler."""
-    trials = spec.search.trials
-    return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
 
 
 def fused(spec: SweepSpec) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
 
-from .spec import Choice, Distribution, IntRange, LogUniform, Uniform, nested_distributions, parse_distribution
+from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, nested_distributions,
+                   parse_distribution)
 
 
 class DefineByRun:
@@ -41,3 +43,14 @@ class DefineByRun:
 def grid_values(space: dict[str, Distribution]) -> dict[str, list[Any]]:
     """The grid sampler's search space: every path's choice labels (the spec guarantees plain choices)."""
     return {path: dist.labels() for path, dist in space.items() if isinstance(dist, Choice)}
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """How many configurations the grid sampler's space holds."""
+    return math.prod(len(v) for v in grid_values(spec.space).values())
+
+
+def planned_trials(spec: SweepSpec) -> int:
+    """The trials the sweep will run: ``search.trials``, at most the grid's size for the grid sampler."""
+    trials = spec.search.trials
+    return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
