@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,12 @@ class ProgressPrinter:
               f"active units {int(m['active_units'])}/{latent_dim}", file=self.stream, flush=True)  # fmt: skip
 
 
+def metrics_json(metrics: dict[str, float], **kwargs: Any) -> str:
+    """Metrics as strict JSON: a non-finite value (NaN, ±inf, which JSON has no word for) is written ``null``."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+    return json.dumps(clean, sort_keys=True, allow_nan=False, **kwargs)
+
+
 def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, progress: bool = True) -> dict[str, float]:
     """Train to ``train.steps``, evaluating every ``train.eval_every`` steps; return the final held-out metrics.
 
@@ -53,7 +60,12 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
         raise ConfigError(str(e)) from None
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"out: {out_dir} is a file; expected a folder (new or existing) for the run's files")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"out: cannot create the folder {out_dir}: {e.strerror or e}") from None
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     printer = ProgressPrinter(cfg.train.steps) if progress else None
     if printer:
@@ -75,7 +87,7 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
     if out_dir is not None:
         from .plots import save_model_plots
 
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (out_dir / "metrics.json").write_text(metrics_json(metrics, indent=2))
         save_model_plots(trainer.model, trainer.likelihood, trainer.dataset, metrics, out_dir)
     return metrics
 

@@ -25,7 +25,7 @@ import torch
 
 from .atomic import torch_bytes, write_atomically
 from .config import TrainConfig, parse_config
-from .data import Dataset, make_dataset
+from .data import Dataset, check_likelihood_support, make_dataset
 from .evaluation import evaluate
 from .models import build_model
 from .objectives import (
@@ -87,6 +87,7 @@ def setup_run(cfg: TrainConfig, device: torch.device, dataset: Dataset | None = 
         threads = apply_threads(cfg.train.threads)
     options = cfg.dataset.model_dump(exclude={"name"})
     data = dataset.to(device) if dataset is not None else make_dataset(cfg.dataset.name, device, **options)
+    check_likelihood_support(data, cfg.model.likelihood.kind)
     return threads, data, make_likelihood(cfg.model.likelihood.kind, getattr(cfg.model.likelihood, "sigma", 1.0))
 
 

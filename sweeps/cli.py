@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -31,10 +32,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from bvae_core.run import train_from_file
+    from bvae_core.run import metrics_json, train_from_file
 
     metrics = train_from_file(args.config, args.overrides, out=args.out, progress=not args.quiet)
-    print(json.dumps(metrics, sort_keys=True))
+    print(metrics_json(metrics))
     return 0
 
 
@@ -57,6 +58,17 @@ def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The ``bvae sweep resume`` line that continues the sweep ``args`` ran: the same spec, ``--set`` values and
+    tracking URI, quoted for a POSIX shell."""
+    words = ["bvae", "sweep", "resume", args.spec]
+    for override in args.overrides:
+        words += ["--set", override]
+    if args.tracking_uri:
+        words += ["--tracking-uri", args.tracking_uri]
+    return shlex.join(words)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
@@ -71,7 +83,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
           f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})")  # fmt: skip
     print(f"See it in MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
     if outcome.interrupted:
-        print(f"bvae sweep: interrupted; its state is saved. Continue it with: bvae sweep resume {args.spec}",
+        print(f"bvae sweep: interrupted; its state is saved. Continue it with: {resume_command(args)}",
               file=sys.stderr)  # fmt: skip
         return 130
     return 0

@@ -25,10 +25,11 @@ def check_data(spec: SweepSpec) -> None:
     config = spec.base_config
     if config.dataset.name != "file":
         return  # generated datasets: their config was validated with the model
-    from bvae_core.data import make_dataset
+    from bvae_core.data import check_likelihood_support, make_dataset
     from bvae_core.models import build_model
 
     dataset = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
+    check_likelihood_support(dataset, config.model.likelihood.kind)
     try:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:

@@ -170,6 +170,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     from .cohort_size import resolve_cohort
     from .search import build_scheduler, build_searcher, fused, optuna_study
     from .space import planned_trials
+    from .started_spec import check_resume_spec, save_started_spec
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
@@ -186,6 +187,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
+    if resume:
+        check_resume_spec(spec, path, filesystem)  # the sweep that was started, not another one under its name
     trials = planned_trials(spec)
     callbacks = build_callbacks(spec, uri, trials)
     tracking, live = callbacks[0], callbacks[1]
@@ -235,6 +238,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                 at_once += f" (search.cohort auto: {choice.size}, {choice.why})"
             print(f"sweep {spec.name}: {trials} trials, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
+            save_started_spec(spec, path, filesystem)
         results = tuner.fit()
     except KeyboardInterrupt:
         tracking.close(KILLED)

@@ -83,6 +83,12 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("images of the wrong size for the model", {**GOOD, "base": {**file_base, "model": {"arch": "burgess"},
             "dataset": {"name": "file", "path": _npz(tmp, "odd.npz", images=np.zeros((40, 48, 48), np.uint8))}}},
          "32 or 64 px"),
+        ("images outside [0, 1] for the Bernoulli likelihood", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "w255.npz", images=np.full((40, 32, 32), 255.0, np.float32))}}},
+         "model.likelihood: bernoulli needs values in [0, 1]"),
+        ("NaN in the images", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "nan.npz", images=np.full((40, 32, 32), np.nan, np.float32))}}},
+         "NaN or infinite"),
         ("unreachable tracking server", {**GOOD, "tracking": {"uri": f"http://{dead}"}}, "tracking.uri"),
         ("unreachable Ray address", {**GOOD, "ray": {"address": dead}}, "ray.address"),
         ("storage path under a file", {**GOOD, "storage": {"path": str(tmp / "spec-as-folder.yaml" / "x")}},

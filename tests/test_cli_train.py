@@ -94,6 +94,27 @@ def test_missing_and_malformed_files_exit_2(tmp_path):
     assert result.returncode == 2 and "dataset.path" in result.stderr
 
 
+def test_an_out_path_that_cannot_be_a_folder_exits_2_before_training(tiny_config, tmp_path, capsys):
+    from sweeps.cli import main
+
+    taken = tmp_path / "train.out"
+    taken.write_text("mine")
+    assert main(["train", str(tiny_config), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"out: {taken} is a file" in err and "training" not in err
+    assert taken.read_text() == "mine"
+    assert main(["train", str(tiny_config), "--out", str(taken / "below")]) == 2
+    assert "out: cannot create the folder" in capsys.readouterr().err
+
+
+def test_metrics_json_is_strict_json():
+    from bvae_core.run import metrics_json
+
+    text = metrics_json({"rate": 1.5, "dimwise_kl": float("nan"), "distortion": float("inf"), "step": 3})
+    assert json.loads(text) == {"dimwise_kl": None, "distortion": None, "rate": 1.5, "step": 3}
+    assert "NaN" not in text and "Infinity" not in text
+
+
 def test_shipped_configs_validate():
     from bvae_core.config import load_config_file, parse_config
 

@@ -114,3 +114,28 @@ def test_parquet_list_column_with_shape(tmp_path):
 def test_file_errors_name_the_problem(tmp_path, make, message):
     with pytest.raises(DataFileError, match=message):
         make_dataset("file", path=str(make(tmp_path)))
+
+
+def test_file_values_must_fit_the_likelihood(tmp_path):
+    """Bernoulli's cross-entropy needs x in [0, 1]: a float file in 0–255 is refused naming its range (it trained to a
+    negative, unbounded distortion before); the Gaussian likelihood takes any finite values; uint8 is scaled first."""
+    from bvae_core import Trainer
+    from bvae_core.data import check_likelihood_support
+
+    np.savez(tmp_path / "w.npz", images=np.linspace(0, 255, 20 * 16 * 16, dtype=np.float32).reshape(20, 16, 16))
+    wide = make_dataset("file", path=str(tmp_path / "w.npz"))
+    assert wide.value_range == (0.0, 255.0)
+    with pytest.raises(DataFileError, match=r"^model.likelihood: bernoulli needs values in \[0, 1\]; .*w.npz holds 0 to 255"):
+        check_likelihood_support(wide, "bernoulli")
+    config = {"dataset": {"name": "file", "path": str(tmp_path / "w.npz")}, "model": {"arch": "mlp", "latent_dim": 2}}
+    with pytest.raises(DataFileError, match="model.likelihood"):
+        Trainer(config)
+    Trainer({**config, "model": {**config["model"], "likelihood": {"kind": "gaussian"}}})  # any finite values
+    np.savez(tmp_path / "u.npz", images=np.full((20, 16, 16), 255, np.uint8))
+    scaled = make_dataset("file", path=str(tmp_path / "u.npz"))
+    assert scaled.value_range == (1.0, 1.0)
+    check_likelihood_support(scaled, "bernoulli")
+    np.savez(tmp_path / "inf.npz", images=np.full((20, 16, 16), np.inf, np.float32))
+    with pytest.raises(DataFileError, match="inf.npz: the images hold NaN or infinite values"):
+        make_dataset("file", path=str(tmp_path / "inf.npz"))
+

@@ -127,13 +127,13 @@ def test_a_driver_killed_then_resumed_completes_with_one_run_per_trial(tmp_path,
 def test_ctrl_c_ends_the_sweep_interrupted_with_the_resume_command_and_resume_completes(tmp_path):
     import signal
 
-    data = _spec(tmp_path, "ctrlc", trials=2)
+    data = _spec(tmp_path, "ctrlc", trials=3)  # run with --set search.trials=2: the resume line must carry it
     data["base"] = {**BASE, "train": {**BASE["train"], "steps": 3000, "eval_every": 500}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("BVAE_FAULTS", None)
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "sweep", "run", "spec.yaml"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "sweep", "run", "spec.yaml", "--set", "search.trials=2"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         seen = []
         for line in driver.stderr:  # progress lines: wait until a trial is training
@@ -147,14 +147,22 @@ def test_ctrl_c_ends_the_sweep_interrupted_with_the_resume_command_and_resume_co
             driver.kill()
     err = "".join(seen) + err
     assert driver.returncode == 130, err[-3000:]
-    assert "Continue it with: bvae sweep resume spec.yaml" in err and "Tuner.restore" not in out + err
+    resume_line = "bvae sweep resume spec.yaml --set search.trials=2"
+    assert f"Continue it with: {resume_line}\n" in err and "Tuner.restore" not in out + err
     statuses = [line.split()[-1] for line in out.split("\n\n")[0].splitlines()[2:]]  # the summary table's rows
     assert "INTERRUPTED" in statuses and set(statuses) <= {"COMPLETED", "INTERRUPTED"}, out
     client, parent, runs = _runs(data["tracking"]["uri"], "ctrlc", str(tmp_path / "ray_results" / "ctrlc"))
     assert parent.info.status == "KILLED" and "RUNNING" not in {r.info.status for r in runs}
 
-    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    other = _bvae(tmp_path, "sweep", "resume", "spec.yaml")  # without the --set: another sweep under its name
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1].startswith(
+        "bvae sweep: error: search.trials: this spec is not the one sweep 'ctrlc' was started with (search.trials: started "
+        "with 2, given 3); resume it with the spec and --set values it was started with, e.g. --set search.trials=2"
+    ), other.stderr[-3000:]
+    assert _runs(data["tracking"]["uri"], "ctrlc", str(tmp_path / "ray_results" / "ctrlc"))[1].info.status == "KILLED"
+    resumed = _bvae(tmp_path, *resume_line.split()[1:])  # the line as printed
     assert resumed.returncode == 0 and "2/2 trials completed" in resumed.stdout, resumed.stderr[-3000:]
+    assert "/3 done" not in resumed.stderr  # progress counts the sweep's trials
 
 
 _SLOW_WRITER = """

@@ -169,3 +169,28 @@ def test_the_shipped_specs_parse_and_fuse_as_they_say(name):
             DefineByRun(spec.space)(trial)
             keys.add(cohort_key(spec.trial_config(trial.params)))
         assert len(keys) == 1
+
+
+def test_a_resume_is_checked_against_the_spec_the_sweep_was_started_with(tmp_path):
+    """What is trained or searched may not change on resume; where and how it runs may (sweeps.started_spec)."""
+    from sweeps.atomic_storage import atomic_local_filesystem
+    from sweeps.started_spec import check_resume_spec, save_started_spec, spec_differences
+
+    started = parse_spec(copy.deepcopy(SPEC))
+    folder = str(tmp_path / "ray_results" / started.name)
+    check_resume_spec(started, folder, atomic_local_filesystem())  # nothing kept (an older sweep): unchecked
+    save_started_spec(started, folder, atomic_local_filesystem())
+    check_resume_spec(started, folder, atomic_local_filesystem())
+    moved = copy.deepcopy(SPEC)
+    moved.update(resources={"cpu": 2, "gpu": 1}, ray={"address": "auto"}, tracking={"uri": "http://127.0.0.1:5000"},
+                 storage={"path": "s3://b/p"})  # fmt: skip
+    moved["search"]["max_failures"] = 3
+    check_resume_spec(parse_spec(moved), folder, atomic_local_filesystem())  # another cluster, store, storage
+    other = copy.deepcopy(SPEC)
+    other["search"]["trials"] = SPEC["search"]["trials"] + 5
+    other["base"]["objective"] = {"beta": 7.5}
+    with pytest.raises(SpecError, match=r"^base.objective.beta: this spec is not the one sweep .* \(base.objective."
+                                        r"beta: started with \(not set\), given 7.5; search.trials: started with 12, given 17\); resume it .* "
+                                        r"e.g. --set search.trials=12$"):
+        check_resume_spec(parse_spec(other), folder, atomic_local_filesystem())
+    assert [k for k, _, _ in spec_differences({"a": {"b": 1}, "ray": {"x": 1}}, {"a": {"b": 2, "c": [1]}})] == ["a.b", "a.c"]

@@ -8,11 +8,11 @@ import torch
 
 from .base import Dataset, GroundTruthDataset
 from .blobs import Blobs
-from .files import DataFileError, FileDataset
+from .files import DataFileError, FileDataset, check_likelihood_support
 from .gaussian import GaussianSource, rate_for_distortion, water_filling
 
 __all__ = ["Dataset", "GroundTruthDataset", "Blobs", "FileDataset", "DataFileError", "GaussianSource",
-           "make_dataset", "rate_for_distortion", "water_filling"]  # fmt: skip
+           "check_likelihood_support", "make_dataset", "rate_for_distortion", "water_filling"]  # fmt: skip
 
 
 def make_dataset(name: str, device: torch.device | str = "cpu", **options: Any) -> Dataset:

@@ -23,6 +23,8 @@ class Dataset(ABC):
     #: shape of one example, e.g. ``(1, 64, 64)`` for images or ``(d,)`` for vectors.
     example_shape: tuple[int, ...]
     device: torch.device = torch.device("cpu")
+    #: the smallest and largest value the examples hold, where known (a user's file); ``None``: not checked.
+    value_range: tuple[float, float] | None = None
 
     @property
     @abstractmethod

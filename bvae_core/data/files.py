@@ -7,8 +7,9 @@
   ``{bytes, path}`` struct) or a flat list of numbers (give ``image_shape`` unless it is a square single-channel
   image); integer columns are the factors (or those named by ``factor_columns``).
 
-uint8 and bool images are scaled to [0, 1]; float data is used as it is. The held-out split is a seeded random
-``test_fraction`` of the rows.
+uint8 and bool images are scaled to [0, 1]; float data is used as it is (finite values only, and within [0, 1] for the
+Bernoulli likelihood: :func:`check_likelihood_support`). The held-out split is a seeded random ``test_fraction`` of the
+rows.
 """
 
 from __future__ import annotations
@@ -142,9 +143,13 @@ class FileDataset(Dataset):
             self._scale = 1.0 if images.dtype == np.bool_ or images.max() <= 1 else 1.0 / 255.0
             self._storage = torch.from_numpy(np.ascontiguousarray(images.astype(np.uint8)))
         elif np.issubdtype(images.dtype, np.floating):
+            if not np.isfinite(images).all():
+                raise DataFileError(f"dataset.path: {path}: the images hold NaN or infinite values")
             self._scale, self._storage = None, torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         else:
             raise DataFileError(f"dataset.path: {path}: expected numeric images, got dtype {images.dtype}")
+        scale = 1.0 if self._scale is None else self._scale
+        self.value_range = (float(images.min()) * scale, float(images.max()) * scale)
         if factors is not None:
             if factors.shape[0] != n or not np.issubdtype(factors.dtype, np.integer):
                 raise DataFileError(f"dataset.path: {path}: factors must be integers with one row per image "
@@ -188,3 +193,15 @@ class FileDataset(Dataset):
 
     def test_examples(self, positions: Tensor) -> Tensor:
         return self._as_float(self._storage[self._test_idx[positions.to(self.device)]])
+
+
+def check_likelihood_support(dataset: Dataset, likelihood: str) -> None:
+    """The Bernoulli likelihood's −log p(x|z) is a cross-entropy that needs 0 ≤ x ≤ 1: outside it the distortion goes
+    negative and unbounded. Raise ``DataFileError`` naming the file and its range when a file's values do not fit."""
+    if likelihood != "bernoulli" or dataset.value_range is None:
+        return
+    low, high = dataset.value_range
+    if low < 0 or high > 1:
+        where = getattr(dataset, "path", dataset.name)
+        raise DataFileError(f"model.likelihood: bernoulli needs values in [0, 1]; {where} holds {low:g} to {high:g} "
+                            f"(scale the images to [0, 1], or set model.likelihood: {{kind: gaussian}})")  # fmt: skip

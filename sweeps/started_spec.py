@@ -1,0 +1,100 @@
+"""The spec a sweep was started with, kept beside its Tune experiment, so that ``bvae sweep resume`` continues that
+sweep and not another one.
+
+A resume rebuilds the trials' training from the spec it is given. A spec that differs from the first run's in what
+is trained or searched (``base``, ``search``, ``frontier``, ``eval``, the experiment) would train the remaining
+trials differently from the finished ones and mix both in one frontier — or, for ``search.trials``, show progress
+against a count the restored searcher does not follow. Such a resume stops before anything starts, naming each
+difference and the ``--set`` that gives the started value back. Where and how the sweep runs may change: resources,
+the tracking URI, the storage, the Ray address, ``search.max_failures`` and ``search.cohort`` (a resumed searcher
+keeps its cohorts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from typing import Any
+
+import pyarrow.fs as pafs
+import yaml
+
+from .spec import SpecError, SweepSpec
+
+logger = logging.getLogger(__name__)
+
+STARTED_SPEC_FILE = "bvae_spec.yaml"
+#: dotted prefixes that may differ between the run and a resume of one sweep
+MAY_CHANGE = ("resources", "tracking.uri", "storage", "ray", "search.max_failures", "search.cohort")
+
+
+def _file(experiment_dir: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is None:
+        filesystem, experiment_dir = pafs.FileSystem.from_uri(experiment_dir)
+    return filesystem, f"{experiment_dir.rstrip('/')}/{STARTED_SPEC_FILE}"
+
+
+def save_started_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> None:
+    """Keep ``spec.raw`` in the sweep's experiment folder (a folder or URI) before its first trial. A storage that
+    refuses it is logged, not raised: the sweep runs, and a resume goes unchecked."""
+    try:
+        filesystem, path = _file(experiment_dir, filesystem)
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(yaml.safe_dump(spec.raw, sort_keys=False).encode())
+    except OSError as exc:
+        logger.warning("could not keep the sweep's spec in %s (%s); a resume will not be checked against it",
+                       experiment_dir, exc)  # fmt: skip
+
+
+def load_started_spec(experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> dict[str, Any] | None:
+    """The spec the sweep was started with, or None where none was kept (a sweep started by an older version)."""
+    filesystem, path = _file(experiment_dir, filesystem)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        loaded = yaml.safe_load(stream.readall())
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flat(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def spec_differences(started: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, started value, given value)`` for each value that differs and may not (:data:`MAY_CHANGE`);
+    a key one side lacks has the value None there."""
+    a, b = _flat(started), _flat(given)
+    keys = sorted(set(a) | set(b))
+    return [(k, a.get(k), b.get(k)) for k in keys
+            if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in MAY_CHANGE)]  # fmt: skip
+
+
+def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> None:
+    """Raise ``SpecError`` when ``spec`` would resume the sweep in ``experiment_dir`` as another sweep."""
+    try:
+        started = load_started_spec(experiment_dir, filesystem)
+    except (OSError, yaml.YAMLError):
+        return  # unreadable: the resume goes on as before this file existed
+    if started is None:
+        return
+    differences = spec_differences(started, spec.raw)
+    if not differences:
+        return
+    def text(value: Any) -> str:
+        if value is None:
+            return "(not set)"
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+
+    shown = "; ".join(f"{k}: started with {text(s)}, given {text(g)}" for k, s, g in differences[:4])
+    more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
+    sets = " ".join(f"--set {shlex.quote(f'{k}={text(s)}')}" for k, s, _ in differences[:4] if s is not None)
+    hint = f", e.g. {sets}" if sets else ""
+    raise SpecError(f"{differences[0][0]}: this spec is not the one sweep {spec.name!r} was started with ({shown}{more}); "
+                    f"resume it with the spec and --set values it was started with{hint}")  # fmt: skip
