@@ -30,7 +30,7 @@ class ThreadChoice:
     def describe(self) -> str:
         unit = "thread" if self.threads == 1 else "threads"
         if self.reason == "auto":
-            return f"{self.threads} {unit} (auto: {self.busy:.1f} of {self.cores} cores busy)"
+            return f"{self.threads} {unit} (auto: load {self.busy:.1f} on {self.cores} cores)"  # load may exceed the cores
         return f"{self.threads} {unit} ({self.reason})"
 
 

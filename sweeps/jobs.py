@@ -149,8 +149,11 @@ def check_cluster_spec(spec: SweepSpec, tracking_uri: str | None) -> str | None:
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     if scheme in ("http", "https", "postgresql", "mysql", "mssql", "databricks") or uri.startswith("sqlite:////"):
         return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    wins = (f" from the spec, which wins over $MLFLOW_TRACKING_URI ({env}): pass --tracking-uri \"$MLFLOW_TRACKING_URI\""
+            if not tracking_uri and spec.tracking.uri and env and env != uri else "")  # fmt: skip
     raise UsageError(f"tracking.uri: a sweep on a cluster needs a tracking store its nodes reach, e.g. "
-                     f"http://mlflow.internal:5000 (infra/), got {uri!r}")  # fmt: skip
+                     f"http://mlflow.internal:5000 (infra/), got {uri!r}{wins}")  # fmt: skip
 
 
 def stage_working_dir(spec: SweepSpec, tracking_uri: str | None) -> Path:

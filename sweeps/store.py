@@ -175,7 +175,7 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); start it "
-            f"(`python -m infra.devstack up` starts a local one) or pass another --tracking-uri"
+            f"(`python -m infra.devstack up`, in a clone of this project, starts a local one) or pass another --tracking-uri"
         ) from exc
 
 

@@ -126,6 +126,18 @@ def test_submit_refuses_what_cannot_work_on_a_cluster_with_one_line(capsys, argv
     assert len(err) == 1 and err[0].startswith(f"bvae sweep: error: {field}"), err
 
 
+def test_a_spec_store_shadowing_mlflow_tracking_uri_says_to_pass_it(capsys, monkeypatch):
+    """The dev stack exports MLFLOW_TRACKING_URI; the quickstart spec names its own sqlite store, which wins."""
+    from sweeps.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert main(["sweep", "submit", QUICKSTART, "--set", "storage.path=s3://bucket/sweeps"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("got 'sqlite:///mlflow.db' from the spec, which wins over "
+                                             "$MLFLOW_TRACKING_URI (http://127.0.0.1:9): pass --tracking-uri "
+                                             '"$MLFLOW_TRACKING_URI"'), err
+
+
 def test_submission_ids_follow_the_sweep():
     from sweeps.jobs import submission_id
 

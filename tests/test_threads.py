@@ -17,7 +17,7 @@ def test_auto_takes_the_free_cores_and_at_least_one(monkeypatch):
     assert choose_threads(None, cores=2, busy=6.0).threads == 1
     assert choose_threads(None, cores=8, busy=2.7).threads == 5
     choice = choose_threads(None, cores=2, busy=1.0)
-    assert choice.reason == "auto" and choice.describe() == "1 thread (auto: 1.0 of 2 cores busy)"
+    assert choice.reason == "auto" and choice.describe() == "1 thread (auto: load 1.0 on 2 cores)"
 
 
 def test_config_then_environment_win_over_auto(monkeypatch):
