@@ -7,6 +7,7 @@ A config is plain YAML/dict data; :func:`parse_config` turns it into a :class:`T
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -306,11 +307,28 @@ def parse_config(data: Any) -> TrainConfig:
         raise ConfigError(_describe(errors[0], TrainConfig)) from None
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` and ``5E3`` as numbers (YAML 1.2, and what a user means) — YAML 1.1 needs
+    a dot (``1.0e-4``) and reads ``1e-4`` as a string, which a search-space bound then rejects."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values (:class:`YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader
+
+
 def load_config_file(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """Read a YAML config and apply ``key.path=value`` overrides (values parsed as YAML); raise :class:`ConfigError`."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -326,7 +344,7 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> dict[str, A
         if not sep or not key:
             raise ConfigError(f"--set {item}: expected key.path=value")
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: the value is not valid YAML") from None
         set_dotted(data, key.strip(), value)

@@ -54,9 +54,10 @@ def check_max_distortion(rule: Rule, rule_text: str, max_distortion: float | Non
 
 
 def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """The frontier point farthest from the chord between its two ends, in coordinates normalised to [0, 1] by the
-    frontier's range (the "Kneedle" construction, Satopää et al. 2011). With fewer than three points: the lowest
-    rate."""
+    """The frontier point farthest *below* the chord between its two ends, in coordinates normalised to [0, 1] by the
+    frontier's range (the "Kneedle" construction, Satopää et al. 2011: the knee of a decreasing convex curve is where
+    it falls farthest under the straight line between its ends). A point above the chord is a poor trade-off, never
+    the knee. With fewer than three points, or none below the chord (no knee): the lowest rate."""
     front = sorted(points, key=lambda p: p["rate"])
     if len(front) < 3:
         return front[0]
@@ -66,8 +67,9 @@ def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
     a, b = norm[0], norm[-1]
     chord = (b - a) / np.linalg.norm(b - a)
     rel = norm - a
-    distance = np.abs(rel[:, 0] * chord[1] - rel[:, 1] * chord[0])
-    return front[int(np.argmax(distance))]
+    below = rel[:, 0] * chord[1] - rel[:, 1] * chord[0]  # signed: > 0 under the chord (rate up, distortion down)
+    best = int(np.argmax(below))
+    return front[best] if below[best] > 0 else front[0]
 
 
 def _describe(p: dict[str, Any]) -> str:

@@ -129,15 +129,19 @@ class SweepProgress(Callback):
         self._print(self._line(row))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, trial_status(trial.last_result))
+        outcome = trial_outcome(trial.last_result)
+        self._finish(trial, outcome.label, outcome.reason if outcome.label == "FAILED" else "")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "ERROR")
 
-    def _finish(self, trial, status: str) -> None:
+    def _finish(self, trial, status: str, reason: str = "") -> None:
         row = self._row(trial)
         row.status = status
-        self._print(self._line(row))
+        line = self._line(row)
+        if reason:  # why it failed, on the line a user reads (its run carries it as bvae.reason too)
+            line += f"\n    {trial.trial_id} failed: {reason.splitlines()[0][:300]}"
+        self._print(line)
 
 
 def summary_table(rows: list[TrialRow]) -> str:

@@ -236,7 +236,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                        + (", each member stopped early on its own" if spec.search.scheduler else ""))  # fmt: skip
             if choice is not None:
                 at_once += f" (search.cohort auto: {choice.size}, {choice.why})"
-            print(f"sweep {spec.name}: {trials} trials, {at_once}, sampler {spec.search.sampler}; "
+            fewer = f" (the grid holds {trials}; search.trials asked {spec.search.trials})" if trials < spec.search.trials else ""
+            print(f"sweep {spec.name}: {trials} trials{fewer}, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
             save_started_spec(spec, path, filesystem)
         results = tuner.fit()

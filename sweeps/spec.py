@@ -301,7 +301,10 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
         raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
                         f"got {model.search.scheduler.metric!r}")  # fmt: skip
     if model.eval.metrics and base_config.dataset.name not in _FACTOR_DATASETS:
-        raise SpecError(f"eval.metrics: the dataset {base_config.dataset.name!r} has no ground-truth factors to render; "
+        why = ("the metrics render examples from factors sampled uniformly and independently, and a file's images "
+               "cannot be rendered from chosen factors (its factors are not used by the metrics)"
+               if base_config.dataset.name == "file" else "it has no ground-truth factors to render")  # fmt: skip
+        raise SpecError(f"eval.metrics: not available on the dataset {base_config.dataset.name!r}: {why}; "
                         f"disentanglement metrics need one of {', '.join(_FACTOR_DATASETS)}")  # fmt: skip
     if model.resources.gpu > 1 and not float(model.resources.gpu).is_integer():
         raise SpecError(f"resources.gpu: expected a fraction ≤ 1 or a whole number, got {model.resources.gpu}")

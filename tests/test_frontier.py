@@ -80,6 +80,13 @@ def test_knee_of_an_l_shaped_front_is_the_corner():
     assert knee(points)["rate"] == 1
 
 
+def test_the_knee_is_below_the_chord_never_a_bulge_above_it():
+    """Kneedle's knee is the farthest point *under* the chord; a point far above it (a poor trade-off) is not it —
+    the absolute distance picked (9, 35) here."""
+    assert knee(_rows([(0, 100), (5, 40), (9, 35), (10, 0)]))["rate"] == 5
+    assert knee(_rows([(0, 10), (4, 9.5), (8, 8), (10, 0)]))["rate"] == 0  # concave: no knee, the lowest rate
+
+
 def test_pick_rules():
     rows = _rows([(1, 9), (3, 4), (6, 2), (9, 1)], mig=[0.1, 0.5, 0.4, 0.2])
     rows.append({**rows[0], "trial_id": "dominated", "rate": 7, "distortion": 5, "on_frontier": False, "pareto_rank": 1})

@@ -194,3 +194,15 @@ def test_a_resume_is_checked_against_the_spec_the_sweep_was_started_with(tmp_pat
                                         r"e.g. --set search.trials=12$"):
         check_resume_spec(parse_spec(other), folder, atomic_local_filesystem())
     assert [k for k, _, _ in spec_differences({"a": {"b": 1}, "ray": {"x": 1}}, {"a": {"b": 2, "c": [1]}})] == ["a.b", "a.c"]
+
+
+def test_scientific_notation_is_a_number_in_a_spec_file_and_in_set(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-4 as a string: a search-space bound was refused while base took it."""
+    from sweeps.spec import load_spec
+
+    path = tmp_path / "sci.yaml"
+    path.write_text("base: {dataset: {name: blobs}, train: {lr: 5e-4}}\n"
+                    "search: {trials: 2, space: {train.lr: {log_uniform: [1e-4, 1E-2]}, objective.beta: {choice: [1e0, 4]}}}\n")
+    spec = load_spec(path, ["base.train.steps=2e3"])
+    assert (spec.space["train.lr"].low, spec.space["train.lr"].high) == (1e-4, 1e-2)
+    assert spec.space["objective.beta"].options == (1.0, 4) and spec.base["train"] == {"lr": 5e-4, "steps": 2000.0}

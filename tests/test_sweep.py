@@ -106,11 +106,13 @@ def test_resume_of_a_sweep_that_never_ran_is_refused_before_anything_starts(tmp_
 
 
 @pytest.mark.slow
-def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path):
+def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path, capsys):
     # σ = 1e-30 makes SSE/(2σ²) overflow: a deterministic divergence.
     data = make_spec(tmp_path, "diverge", {"trials": 4, "sampler": "grid", "concurrency": 2, "space": {
         "objective.beta": {"choice": [0.5, 2.0]}, "model.likelihood.sigma": {"choice": [1.0, 1.0e-30]}}})  # fmt: skip
     outcome = run_sweep(parse_spec(data))
+    why = [line for line in capsys.readouterr().err.splitlines() if " failed: " in line]
+    assert len(why) == 2 and all("non-finite" in line and "lower train.lr" in line for line in why), why  # the reason
     client, parent, children = runs_of(data, outcome)
     by_sigma = {}
     for run in children:
@@ -123,15 +125,17 @@ def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path):
     assert "RUNNING" not in {r.info.status for r in children}
 
 
-def test_scheduler_stopped_trial_is_pruned(local_ray, tmp_path):
+def test_scheduler_stopped_trial_is_pruned(local_ray, tmp_path, capsys):
     base = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 400}}
     data = make_spec(tmp_path, "asha", {
-        "trials": 4, "sampler": "grid", "concurrency": 1,
+        "trials": 6, "sampler": "grid", "concurrency": 1,  # the grid holds 4: the first line says so
         "space": {"objective.beta": {"choice": [0.5, 30.0, 0.6, 40.0]}},
         "scheduler": {"kind": "asha", "metric": "nelbo", "mode": "min", "grace_period": 1, "reduction_factor": 2},
     }, base)  # fmt: skip
     outcome = run_sweep(parse_spec(data))
+    assert "sweep asha: 4 trials (the grid holds 4; search.trials asked 6), 1 at a time" in capsys.readouterr().err
     client, parent, children = runs_of(data, outcome)
+    assert len(outcome.rows) == 4
     pruned = [t for t in outcome.study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, [t.state for t in outcome.study.trials]
     assert all(t.values is None for t in pruned)  # no partial values told to Optuna

@@ -53,8 +53,13 @@ def test_metrics_need_a_dataset_with_factors():
 
     from sweeps.spec import SpecError
 
-    with pytest.raises(SpecError, match="eval.metrics: the dataset 'gaussian' has no ground-truth factors"):
+    with pytest.raises(SpecError, match="eval.metrics: not available on the dataset 'gaussian': it has no ground-truth factors"):
         parse_spec({"name": "x", "base": {"dataset": {"name": "gaussian", "eigenvalues": [1.0]},
                                           "model": {"arch": "linear"}},
+                    "search": {"space": {"objective.beta": {"uniform": [1, 2]}}},
+                    "eval": {"metrics": ["mig"]}})  # fmt: skip
+    with pytest.raises(SpecError, match="not available on the dataset 'file': the metrics render examples from factors "
+                                        r".*\(its factors are not used by the metrics\); .* need one of dsprites, blobs$"):
+        parse_spec({"name": "x", "base": {"dataset": {"name": "file", "path": "d.npz"}},
                     "search": {"space": {"objective.beta": {"uniform": [1, 2]}}},
                     "eval": {"metrics": ["mig"]}})  # fmt: skip
