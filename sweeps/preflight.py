@@ -30,6 +30,9 @@ def check_data(spec: SweepSpec) -> None:
 
     dataset = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
     check_likelihood_support(dataset, config.model.likelihood.kind)
+    if spec.eval.metrics and getattr(dataset, "factors", None) is None:
+        raise PreflightError(f"eval.metrics: {config.dataset.path} holds no factors (an integer array 'factors' or "
+                             f"'latents_classes' in a .npz, integer columns or dataset.factor_columns in Parquet)")  # fmt: skip
     try:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:

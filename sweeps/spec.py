@@ -300,12 +300,15 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     if model.search.scheduler is not None and model.search.scheduler.metric not in _SCHEDULER_METRICS:
         raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
                         f"got {model.search.scheduler.metric!r}")  # fmt: skip
-    if model.eval.metrics and base_config.dataset.name not in _FACTOR_DATASETS:
-        why = ("the metrics render examples from factors sampled uniformly and independently, and a file's images "
-               "cannot be rendered from chosen factors (its factors are not used by the metrics)"
-               if base_config.dataset.name == "file" else "it has no ground-truth factors to render")  # fmt: skip
-        raise SpecError(f"eval.metrics: not available on the dataset {base_config.dataset.name!r}: {why}; "
-                        f"disentanglement metrics need one of {', '.join(_FACTOR_DATASETS)}")  # fmt: skip
+    rendered = [m for m in model.eval.metrics if m not in _CODE_BASED_METRICS]
+    if base_config.dataset.name == "file" and rendered:  # mig, dci, sap draw the file's rows; these render
+        raise SpecError(f"eval.metrics: {rendered[0]} is not available on a file dataset: it renders examples that "
+                        f"share a chosen factor, which stored images cannot; mig, dci and sap use the file's factors, "
+                        f"or use one of {', '.join(_FACTOR_DATASETS)}")  # fmt: skip
+    if model.eval.metrics and base_config.dataset.name not in (*_FACTOR_DATASETS, "file"):
+        raise SpecError(f"eval.metrics: not available on the dataset {base_config.dataset.name!r}: it has no "
+                        f"ground-truth factors; disentanglement metrics need one of {', '.join(_FACTOR_DATASETS)} "
+                        f"(or a file dataset with factors, for mig, dci and sap)")  # fmt: skip
     if model.resources.gpu > 1 and not float(model.resources.gpu).is_integer():
         raise SpecError(f"resources.gpu: expected a fraction ≤ 1 or a whole number, got {model.resources.gpu}")
     return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
@@ -329,6 +332,7 @@ def _absolute_data_path(data: dict) -> dict:
 
 
 _FACTOR_DATASETS = ("dsprites", "blobs")
+_CODE_BASED_METRICS = ("mig", "dci", "sap")  # bvae_core.metrics.compute.CODE_BASED: a file's rows will do
 _SCHEDULER_METRICS = ("nelbo", "rate", "distortion", "train/loss")
 
 

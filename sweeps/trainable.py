@@ -320,12 +320,15 @@ def _write_trial_plots(model: torch.nn.Module, likelihood: Any, dataset: Dataset
     figures = {}
     if history and history[-1].get("capacity") is not None:
         figures["kl_vs_capacity.png"] = kl_against_capacity(history)
-    if isinstance(dataset, GroundTruthDataset):
+    factors = getattr(dataset, "test_factors", None)
+    if factors is not None:  # rendered (dsprites, blobs) or stored with the examples (a file with factors)
         from bvae_core.evaluation import encode_means
         from bvae_core.plots import latent_factor_correlation
 
-        factors = dataset.test_factors[:2000]
-        codes = encode_means(model, dataset.render(factors))
+        factors = factors[:2000]
+        examples = (dataset.render(factors) if isinstance(dataset, GroundTruthDataset)
+                    else dataset.test_examples(torch.arange(factors.shape[0])))  # fmt: skip
+        codes = encode_means(model, examples)
         figures["latent_factor_correlation.png"] = latent_factor_correlation(
             codes.numpy(), factors.cpu().numpy(), dataset.factor_names)  # fmt: skip
     for name, fig in figures.items():

@@ -86,6 +86,9 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("images outside [0, 1] for the Bernoulli likelihood", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "w255.npz", images=np.full((40, 32, 32), 255.0, np.float32))}}},
          "model.likelihood: bernoulli needs values in [0, 1]"),
+        ("metrics on a file without factors", {**GOOD, "eval": {"metrics": ["mig"]}, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "nofactors.npz", images=np.zeros((40, 32, 32), np.uint8))}}},
+         "eval.metrics: " + str(tmp / "nofactors.npz") + " holds no factors"),
         ("NaN in the images", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "nan.npz", images=np.full((40, 32, 32), np.nan, np.float32))}}},
          "NaN or infinite"),

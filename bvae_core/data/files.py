@@ -194,6 +194,10 @@ class FileDataset(Dataset):
     def test_examples(self, positions: Tensor) -> Tensor:
         return self._as_float(self._storage[self._test_idx[positions.to(self.device)]])
 
+    def examples(self, rows: Tensor) -> Tensor:
+        """The examples at ``rows`` of the whole file (both splits; the rows of :attr:`factors`), as floats."""
+        return self._as_float(self._storage[rows.to(self.device)])
+
 
 def check_likelihood_support(dataset: Dataset, likelihood: str) -> None:
     """The Bernoulli likelihood's −log p(x|z) is a cross-entropy that needs 0 ≤ x ≤ 1: outside it the distortion goes

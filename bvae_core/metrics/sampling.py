@@ -7,7 +7,10 @@ codes (``[n, k]``) are kept, as NumPy arrays on the host.
 
 ``dataset`` is anything with ``factor_sizes``, ``sample_factors(n, generator) -> LongTensor[n, K]`` and
 ``render(factor_indices) -> Tensor[n, ...]`` (a :class:`bvae_core.data.GroundTruthDataset`, or a stand-in); when it
-has a ``device`` the factors are moved there before rendering. ``encode`` maps a batch of rendered examples to the
+has a ``device`` the factors are moved there before rendering. For the code-based metrics (MIG, DCI, SAP) it may
+instead be a dataset of stored examples with factors (``factors``, ``examples(rows)``: a
+:class:`bvae_core.data.FileDataset`): points are then rows drawn uniformly — the same protocol where the file holds
+every factor combination once (as the published dSprites file does), else the file's own factor distribution. ``encode`` maps a batch of rendered examples to the
 encoder means ``[n, k]`` (tensor or array), e.g. ``functools.partial(bvae_core.evaluation.encode_means, model)``;
 it is called under ``torch.no_grad()``.
 
@@ -57,6 +60,16 @@ def to_numpy(codes: Any) -> np.ndarray:
 
 def encode_factors(dataset: Any, encode: Encode, factors: Any, encode_batch_size: int) -> np.ndarray:
     """Render ``factors`` (``LongTensor[n, K]``) and encode them, ``encode_batch_size`` at a time → ``float64[n, k]``."""
+    return _encode_batches(dataset.render, dataset, encode, factors, encode_batch_size)
+
+
+def encode_rows(dataset: Any, encode: Encode, rows: Any, encode_batch_size: int) -> np.ndarray:
+    """Encode the stored examples ``rows`` (``LongTensor[n]``, ``dataset.examples``) in batches → ``float64[n, k]``."""
+    return _encode_batches(dataset.examples, dataset, encode, rows, encode_batch_size)
+
+
+def _encode_batches(make: Callable[[Any], Any], dataset: Any, encode: Encode, keys: Any,
+                    encode_batch_size: int) -> np.ndarray:  # fmt: skip
     import torch
 
     if encode_batch_size < 1:
@@ -64,11 +77,11 @@ def encode_factors(dataset: Any, encode: Encode, factors: Any, encode_batch_size
     device = getattr(dataset, "device", None)
     out = []
     with torch.no_grad():
-        for start in range(0, factors.shape[0], encode_batch_size):
-            chunk = factors[start : start + encode_batch_size]
+        for start in range(0, keys.shape[0], encode_batch_size):
+            chunk = keys[start : start + encode_batch_size]
             if device is not None:
                 chunk = chunk.to(device)
-            codes = to_numpy(encode(dataset.render(chunk)))
+            codes = to_numpy(encode(make(chunk)))
             if codes.shape[0] != chunk.shape[0]:
                 raise ValueError(f"encode: returned {codes.shape[0]} rows for {chunk.shape[0]} examples")
             out.append(codes)
@@ -80,6 +93,14 @@ def sample_codes(dataset: Any, encode: Encode, num_points: int, generator: Any,
     """``num_points`` points with independent uniform factors → (codes ``float64[n, k]``, factors ``int64[n, K]``)."""
     if num_points < 1:
         raise ValueError(f"expected a positive number of points, got {num_points}")
+    if not hasattr(dataset, "render"):  # stored examples: rows drawn uniformly (see the module docstring)
+        import torch
+
+        if getattr(dataset, "factors", None) is None:
+            raise ValueError("the dataset has no factors: the disentanglement metrics need them")
+        rows = torch.randint(dataset.factors.shape[0], (num_points,), generator=generator)
+        codes = encode_rows(dataset, encode, rows, encode_batch_size)
+        return codes, dataset.factors[rows].numpy().astype(np.int64)
     factors = dataset.sample_factors(num_points, generator).cpu()
     codes = encode_factors(dataset, encode, factors, encode_batch_size)
     return codes, factors.numpy().astype(np.int64)
