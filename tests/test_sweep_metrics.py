@@ -48,6 +48,32 @@ def test_sweep_computes_metrics_and_picks_by_mig(local_ray, tmp_path, capsys):
     assert pick["metrics"]["mig"] == max(r["mig"] for r in frontier)
 
 
+@pytest.mark.slow
+def test_a_file_datasets_factors_give_mig_and_the_correlation_figure(local_ray, tmp_path):
+    import itertools
+
+    import numpy as np
+    import torch
+
+    from bvae_core.data import Blobs
+
+    factors = torch.tensor(list(itertools.product(range(8), range(8))))
+    images = (Blobs(resolution=32, grid=8).render(factors).numpy() * 255).astype(np.uint8)
+    np.savez(tmp_path / "grid.npz", images=images, factors=factors.numpy(), factor_names=np.array(["x", "y"]))
+    data = {"name": "filemig",
+            "base": {"dataset": {"name": "file", "path": str(tmp_path / "grid.npz")}, "model": {"arch": "mlp", "latent_dim": 3},
+                     "train": {"steps": 60, "batch_size": 32, "eval_every": 60, "n_eval": 16}},
+            "search": {"trials": 1, "space": {"objective.beta": {"log_uniform": [1e-1, 4]}}},
+            "eval": {"metrics": ["mig", "dci"]},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, "storage": {"path": str(tmp_path / "ray_results")}}  # fmt: skip
+    outcome = run_sweep(parse_spec(data))
+    client = MlflowClient(outcome.tracking_uri)
+    (row,) = frontier_rows(client, find_sweep(client, "filemig"))
+    metrics = client.get_run(row["run_id"]).data.metrics
+    assert 0.0 <= metrics["mig"] <= 1.0 and 0.0 <= metrics["dci/informativeness"] <= 1.0
+    assert "checkpoint/latent_factor_correlation.png" in {a.path for a in client.list_artifacts(row["run_id"], "checkpoint")}
+
+
 def test_metrics_need_a_dataset_with_factors():
     import pytest
 
