@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from .atomic import torch_bytes, write_atomically
-from .config import TrainConfig, parse_config
+from .config import TrainConfig, flatten_dotted, parse_config
 from .data import Dataset
 from .evaluation import evaluate
 from .models import VAE, build_model
@@ -75,19 +75,8 @@ BACKENDS = ("auto", "vmap", "loop")
 
 
 # ---------------------------------------------------------------------------------------------------- grouping
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
-
-
 def _shared_fields(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in _flatten(config.model_dump(mode="json")).items() if k not in MEMBER_FIELDS}
+    return {k: v for k, v in flatten_dotted(config.model_dump(mode="json")).items() if k not in MEMBER_FIELDS}
 
 
 def cohort_key(config: TrainConfig | dict[str, Any]) -> str:

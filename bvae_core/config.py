@@ -351,6 +351,19 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> dict[str, A
     return data
 
 
+def flatten_dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: every leaf of nested mappings under its dotted path (the inverse of
+    :func:`set_dotted`; an empty mapping has no leaf)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_dotted(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
 def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
     """Set ``data[a][b][c] = value`` for ``path = "a.b.c"``, creating intermediate mappings."""
     keys = path.split(".")

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow.fs as pafs
 import yaml
 
+from bvae_core.config import flatten_dotted
+
 from .spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -58,22 +60,19 @@ def load_started_spec(experiment_dir: str, filesystem: pafs.FileSystem | None = 
     return loaded if isinstance(loaded, dict) else None
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flat(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
-
-
 def spec_differences(started: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(dotted key, started value, given value)`` for each value that differs and may not (:data:`MAY_CHANGE`);
     a key one side lacks has the value None there."""
-    a, b = _flat(started), _flat(given)
+    a, b = flatten_dotted(started), flatten_dotted(given)
     keys = sorted(set(a) | set(b))
     return [(k, a.get(k), b.get(k)) for k in keys
             if a.get(k) != b.get(k) and not any(k == p or k.startswith(p + ".") for p in MAY_CHANGE)]  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> None:
@@ -87,14 +86,9 @@ def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.Fil
     differences = spec_differences(started, spec.raw)
     if not differences:
         return
-    def text(value: Any) -> str:
-        if value is None:
-            return "(not set)"
-        return value if isinstance(value, str) else json.dumps(value, default=str)
-
-    shown = "; ".join(f"{k}: started with {text(s)}, given {text(g)}" for k, s, g in differences[:4])
+    shown = "; ".join(f"{k}: started with {_shown(s)}, given {_shown(g)}" for k, s, g in differences[:4])
     more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
-    sets = " ".join(f"--set {shlex.quote(f'{k}={text(s)}')}" for k, s, _ in differences[:4] if s is not None)
+    sets = " ".join(f"--set {shlex.quote(f'{k}={_shown(s)}')}" for k, s, _ in differences[:4] if s is not None)
     hint = f", e.g. {sets}" if sets else ""
     raise SpecError(f"{differences[0][0]}: this spec is not the one sweep {spec.name!r} was started with ({shown}{more}); "
                     f"resume it with the spec and --set values it was started with{hint}")  # fmt: skip

@@ -87,5 +87,9 @@ def test_metrics_need_a_dataset_with_factors():
     on_file = {"name": "x", "base": {"dataset": {"name": "file", "path": "d.npz"}},
                "search": {"space": {"objective.beta": {"uniform": [1, 2]}}}, "eval": {"metrics": ["mig", "dci", "sap"]}}
     assert parse_spec(on_file).eval.metrics == ["mig", "dci", "sap"]  # a file's rows and factors will do
+    from bvae_core.metrics.compute import CODE_BASED
+    from sweeps.spec import _CODE_BASED_METRICS
+
+    assert _CODE_BASED_METRICS == CODE_BASED  # the spec's copy (it does not import scikit-learn) has not drifted
     with pytest.raises(SpecError, match="^eval.metrics: factorvae_score is not available on a file dataset: it renders"):
         parse_spec({**on_file, "eval": {"metrics": ["mig", "factorvae_score"]}})

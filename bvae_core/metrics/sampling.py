@@ -10,9 +10,9 @@ codes (``[n, k]``) are kept, as NumPy arrays on the host.
 has a ``device`` the factors are moved there before rendering. For the code-based metrics (MIG, DCI, SAP) it may
 instead be a dataset of stored examples with factors (``factors``, ``examples(rows)``: a
 :class:`bvae_core.data.FileDataset`): points are then rows drawn uniformly — the same protocol where the file holds
-every factor combination once (as the published dSprites file does), else the file's own factor distribution. ``encode`` maps a batch of rendered examples to the
-encoder means ``[n, k]`` (tensor or array), e.g. ``functools.partial(bvae_core.evaluation.encode_means, model)``;
-it is called under ``torch.no_grad()``.
+every factor combination once (as the published dSprites file does), else the file's own factor distribution.
+``encode`` maps a batch of examples to the encoder means ``[n, k]`` (tensor or array), e.g.
+``functools.partial(bvae_core.evaluation.encode_means, model)``; it is called under ``torch.no_grad()``.
 
 Torch is imported inside the functions, so that importing :mod:`bvae_core.metrics` needs NumPy and scikit-learn only.
 """
