@@ -32,11 +32,6 @@ class TrialRow:
     status: str = "RUNNING"
 
 
-def trial_status(result: dict[str, Any] | None, error: bool = False) -> str:
-    """COMPLETED, PRUNED, FAILED or ERROR: :func:`sweeps.outcome.trial_outcome`'s label."""
-    return trial_outcome(result, error=error).label
-
-
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)

@@ -16,7 +16,6 @@ from mlflow import MlflowClient
 
 from sweeps import store
 from sweeps.outcome import DONE_KEY, trial_outcome
-from sweeps.progress import trial_status
 from sweeps.search import trial_state
 from sweeps.tracking import describe_trial
 
@@ -45,7 +44,6 @@ def test_progress_tracking_and_optuna_agree_on_how_a_trial_ended(case):
     result = RESULTS[case]
     outcome = trial_outcome(result)
     assert (outcome.label, outcome.status_tag, outcome.run_status, outcome.optuna_state) == EXPECTED[case]
-    assert trial_status(result) == outcome.label  # the progress lines and the summary table
     state, values = trial_state(result, ["rate", "distortion"], error=False)  # what Optuna is told
     assert state == optuna.trial.TrialState[outcome.optuna_state]
     assert (values is not None) == (case == "trained to the end")
@@ -55,7 +53,7 @@ def test_progress_tracking_and_optuna_agree_on_how_a_trial_ended(case):
 
 def test_an_errored_trial_is_an_error_everywhere():
     result = RESULTS["trained to the end"]
-    assert trial_status(result, error=True) == "ERROR"
+    assert trial_outcome(result, error=True).label == "ERROR"  # the progress lines and the summary table
     assert trial_state(result, ["rate", "distortion"], error=True)[0] == optuna.trial.TrialState.FAIL
     assert trial_outcome(result, error=True).run_status == "FAILED"
 
