@@ -5,7 +5,8 @@ Off unless the environment variable ``BVAE_FAULTS`` holds a JSON object, read by
 
 - ``raise_at_step`` (int): a selected trial raises :class:`InjectedFault` once it has trained past this step, in an
   attempt that did not start from a checkpoint — so its retry, restored from its last checkpoint, carries on;
-- ``fraction`` (float, default 1): the share of trials selected, by a hash of the trial id and ``seed``;
+- ``fraction`` (float, default 1): the share of trials selected, by a hash of ``seed`` and the trial's parameters
+  (not its id, which Ray draws at random), so a sweep with a seeded search loses the same trials every time it runs;
 - ``seed`` (int, default 0);
 - ``kill_driver_at`` (str): the driver process kills itself (SIGKILL, as a lost machine would) at that moment:
   ``first_report`` (the first result reaches the driver, before it is tracked) or ``final_frontier`` (every
@@ -35,14 +36,22 @@ class FaultPlan:
     seed: int = 0
     kill_driver_at: str | None = None
 
-    def selects(self, trial_id: str) -> bool:
-        digest = hashlib.sha256(f"{self.seed}:{trial_id}".encode()).digest()
+    def selects(self, key: str) -> bool:
+        """Whether the trial known by ``key`` (:func:`trial_key`) is one of the ``fraction`` chosen."""
+        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
 
-    def check(self, trial_id: str, step: int, restored: bool) -> None:
-        """Raise :class:`InjectedFault` if this trial is to fail at ``step`` in this attempt."""
-        if self.raise_at_step is not None and not restored and step >= self.raise_at_step and self.selects(trial_id):
+    def check(self, trial_id: str, params: dict, step: int, restored: bool) -> None:
+        """Raise :class:`InjectedFault` if the trial ``trial_id`` with ``params`` is to fail at ``step`` in this
+        attempt."""
+        if (self.raise_at_step is not None and not restored and step >= self.raise_at_step
+                and self.selects(trial_key(params))):  # fmt: skip
             raise InjectedFault(f"{ENV}: trial {trial_id} failed on purpose at step {step}")
+
+
+def trial_key(params: dict) -> str:
+    """A trial's parameters as one canonical string: what selects it, the same in every run of a seeded sweep."""
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 KILL_MOMENTS = ("first_report", "final_frontier")

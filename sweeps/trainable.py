@@ -87,7 +87,7 @@ def train_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
             if trainer.step < total:
                 trainer.fit(min(config.train.eval_every, total - trainer.step), on_log=latest_train.update)
             if faults is not None:
-                faults.check(trial_id, trainer.step, restored=checkpoint is not None)
+                faults.check(trial_id, params, trainer.step, restored=checkpoint is not None)
         except NonFiniteLossError as e:
             # No retry can help a diverged trial: report it as such (the searcher tells Optuna FAIL).
             tune.report({"rate": math.nan, "distortion": math.nan, "step": float(trainer.step), DONE_KEY: False,
@@ -153,7 +153,7 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
         if cohort.step < train.steps and any(cohort.active):
             cohort.fit(min(train.eval_every, train.steps - cohort.step), on_log=keep_train_metrics)
         if faults is not None:
-            faults.check(trial_id, cohort.step, restored=checkpoint is not None)
+            faults.check(trial_id, params, cohort.step, restored=checkpoint is not None)
         fresh = [k for k in range(size) if not reported[k] and cohort.status[k] != FAILED]
         results: dict[str, dict[str, Any]] = {}
         for k, metrics in zip(fresh, cohort.evaluate(fresh)):
