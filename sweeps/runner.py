@@ -171,6 +171,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     from .search import build_scheduler, build_searcher, fused, optuna_study
     from .space import planned_trials
     from .started_spec import check_resume_spec, save_started_spec
+    from .state_saves import serialize_state_saves
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
@@ -240,6 +241,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             print(f"sweep {spec.name}: {trials} trials{fewer}, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
             save_started_spec(spec, path, filesystem)
+        serialize_state_saves()  # no save rewrites the state while Tune copies it to storage
         results = tuner.fit()
     except KeyboardInterrupt:
         tracking.close(KILLED)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from sweeps import runner
-from sweeps.faults import FaultPlan, InjectedFault
+from sweeps.faults import FaultPlan, InjectedFault, trial_key
 from sweeps.spec import parse_spec
 from sweeps.store import child_runs, find_parent_run
 from test_sweep import GAUSSIAN_BASE
@@ -57,12 +58,15 @@ def _points(children) -> dict[str, tuple[float, float]]:
 
 def test_fault_plan_selects_a_stable_share_and_spares_restored_attempts():
     plan = FaultPlan(raise_at_step=150, fraction=0.25, seed=1)
-    chosen = [t for t in (f"trial_{i:05d}" for i in range(400)) if plan.selects(t)]
-    assert 60 < len(chosen) < 140 and chosen == [t for t in (f"trial_{i:05d}" for i in range(400)) if plan.selects(t)]
-    with pytest.raises(InjectedFault, match="step 200"):
-        plan.check(chosen[0], 200, restored=False)
-    plan.check(chosen[0], 200, restored=True)  # the retry from a checkpoint carries on
-    plan.check(chosen[0], 100, restored=False)  # not there yet
+    trials = [{"objective.beta": 0.1 * i, "model.latent_dim": 4} for i in range(400)]
+    chosen = [p for p in trials if plan.selects(trial_key(p))]
+    assert 60 < len(chosen) < 140
+    # by the parameters, whatever their order (Ray's trial ids are random: they play no part)
+    assert chosen == [p for p in trials if plan.selects(trial_key(dict(reversed(list(p.items())))))]
+    with pytest.raises(InjectedFault, match="trial ab12cd34 failed on purpose at step 200"):
+        plan.check("ab12cd34", chosen[0], 200, restored=False)
+    plan.check("ab12cd34", chosen[0], 200, restored=True)  # the retry from a checkpoint carries on
+    plan.check("ab12cd34", chosen[0], 100, restored=False)  # not there yet
 
 
 @pytest.mark.slow
@@ -72,6 +76,7 @@ def test_trials_raising_mid_training_are_retried_from_their_checkpoints_to_a_cle
         folder.mkdir()
         (folder / "spec.yaml").write_text(yaml.safe_dump(_spec(folder, "retry")))
     assert _bvae(clean, "sweep", "run", "spec.yaml").returncode == 0
+    # the trials are chosen by their parameters: the same (seeded) four every run, one or more of them here
     done = _bvae(faulty, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150, "fraction": 0.5, "seed": 0})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4/4 trials completed" in done.stdout
@@ -197,6 +202,63 @@ def test_a_writer_killed_mid_file_leaves_the_storage_file_as_it_was(tmp_path):
     pafs.copy_files(str(staged), str(tmp_path / "copy"), destination_filesystem=atomic_local_filesystem())
     assert (tmp_path / "copy" / "trial" / "checkpoint.pt").read_bytes() == bytes(range(256)) * 4096
     assert not [p for p in (tmp_path / "copy").rglob(".*")]  # no temporary file left behind
+
+
+def _slow_atomic_storage():
+    """The atomic local storage, slow to create a folder: a copy to storage that reads its files a while after it
+    started (as one that copies a trial's checkpoints first)."""
+    import pyarrow.fs as pafs
+
+    from sweeps.atomic_storage import AtomicLocalHandler
+
+    class SlowHandler(AtomicLocalHandler):
+        def create_dir(self, path, recursive):
+            time.sleep(1.5)
+            super().create_dir(path, recursive)
+
+    return pafs.PyFileSystem(SlowHandler())
+
+
+@pytest.mark.parametrize("wait_first", [False, True])
+def test_a_state_save_during_tunes_copy_to_storage_waits_for_it(tmp_path, wait_first):
+    """Tune rewrites its state file in place while its background copy may still be reading it (Ray 2.60): the copy
+    publishes a cut-off state. ``sweeps.state_saves`` makes the save wait for the copy in flight; without it (the
+    first case) the race is real, which is what makes the second case's check mean something."""
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from sweeps.state_saves import finish_copy_in_flight
+
+    staging, storage = tmp_path / "staging", tmp_path / "storage"
+    staging.mkdir()
+    state = staging / "experiment_state-2026-01-01_00-00-00.json"
+    whole = json.dumps({"trial_data": ["x" * 1000] * 100}).encode()
+    state.write_bytes(whole)
+    syncer = _FilesystemSyncer(storage_filesystem=_slow_atomic_storage(), sync_period=0, sync_timeout=60)
+    assert syncer.sync_up(str(staging), str(storage))
+    time.sleep(0.1)  # the copy is under way, the file not yet read
+    if wait_first:
+        finish_copy_in_flight(syncer)
+        assert syncer._sync_process is None
+    with open(state, "w") as rewrite:  # Ray's save: open(…, "w"), then json.dump
+        rewrite.write('{"trial_data": [')
+        syncer.wait()  # (without the wait above: the copy finishes reading the file as it is now)
+        rewrite.write("]}")
+    published = (storage / state.name).read_bytes()
+    if wait_first:
+        assert published == whole
+    else:
+        assert published == b'{"trial_data": [' or published == b""  # cut off: the race the guard closes
+
+
+def test_the_state_save_guard_wraps_tunes_save_once():
+    from ray.tune.execution.tune_controller import TuneController
+
+    from sweeps.state_saves import serialize_state_saves
+
+    serialize_state_saves()
+    guarded = TuneController.save_to_dir
+    serialize_state_saves()
+    assert TuneController.save_to_dir is guarded and guarded.__wrapped__.__name__ == "save_to_dir"
 
 
 @pytest.mark.slow
