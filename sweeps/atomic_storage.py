@@ -6,7 +6,8 @@ killed mid-copy leaves a truncated ``experiment_state-*.json`` — and Tune, una
 *starts the sweep over*. Measured here: one first-report kill in 30 under load left a 4,096-byte state file and a
 resume that ran one new trial instead of the three planned. Object stores (S3) publish an object whole, so only
 folders need this: :func:`atomic_local_filesystem` is pyarrow's local file system with every file written beside
-its destination and renamed over it when complete (``bvae_core.atomic.ReplacingFile``).
+its destination and renamed over it when complete (``bvae_core.atomic.ReplacingFile``). A copy can also read a
+state file that Tune is rewriting in its staging folder: :mod:`sweeps.state_saves` closes that, for every storage.
 """
 
 from __future__ import annotations
