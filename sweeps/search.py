@@ -49,6 +49,14 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial | int, result: dict[st
 class SweepSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna the truth about how each trial ended."""
 
+    def _suggest_from_define_by_run_func(self, func: Any, ot_trial: optuna.Trial) -> dict:
+        # OptunaSearch warns when the space takes over a second and tells the user to move "actual computation" into
+        # the trainable. Here that time is the sampler's own proposal, made inside the space's suggest_* calls (a GP
+        # sampler fits its model there: seconds once it has a few dozen trials) — nothing a user could move.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            return super()._suggest_from_define_by_run_func(func, ot_trial)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return

@@ -101,6 +101,30 @@ def test_define_by_run_space_with_real_samplers(sampler):
     assert len(study.trials) == 8
 
 
+def test_a_slow_proposal_does_not_tell_the_user_to_move_computation_out_of_the_space():
+    """A GP sampler's proposal runs inside the space's suggest calls and may take seconds: OptunaSearch's warning that
+    the space "took N seconds" and that training belongs in the trainable would send a user looking for a bug."""
+    import time
+    import warnings
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.search import SweepSearch
+
+    def slow_space(trial):
+        trial.suggest_float("objective.beta", 0.1, 10.0, log=True)
+        time.sleep(1.05)  # as a GP fit on a few dozen trials
+
+    def warned(search: type[OptunaSearch]) -> list[str]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            search(space=slow_space, metric="rate", mode="min", seed=0).suggest("t1")
+        return [str(w.message) for w in seen if "Define-by-run" in str(w.message)]
+
+    assert warned(SweepSearch) == []
+    assert warned(OptunaSearch)  # Ray's own warns: the check above bites
+
+
 def test_same_seed_same_proposals():
     def proposals():
         spec = parse_spec(SPEC)
