@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .schedules import ScheduleValue, linear_ramp
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
 PositiveInt = Annotated[int, Field(gt=0)]
 
 

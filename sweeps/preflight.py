@@ -1,5 +1,6 @@
 """Everything a sweep checks before it starts anything — no Ray, no tracking run, no storage folder: the user's data
-file and the model it must fit, the tracking server, the Ray address, the storage path. Each failure is one line
+file and the model it must fit, the tracking server, the Ray address, a trial's resources on the embedded Ray, the
+storage path. Each failure is one line
 naming the field or resource (:class:`PreflightError`, exit status 2), so a mistake costs seconds, not a half-made
 sweep."""
 
@@ -66,6 +67,35 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
                              f"(`ray start --head`, or `ray up ray_cluster.yaml`) or fix the address") from None  # fmt: skip
 
 
+def local_cpus() -> int:
+    """The cores an embedded Ray counts (cgroup limits included, as Ray counts them)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return int(get_num_cpus())
+    except Exception:  # noqa: BLE001 - a Ray upgrade moved it: the cores this process may use
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_local_resources(spec: SweepSpec) -> None:
+    """On the embedded Ray (no ``ray.address``), a trial must fit the machine: Tune would wait forever for a trial that
+    asks for more cores or GPUs than the machine has. (A cluster may add nodes: left to it.)"""
+    if spec.ray.address is not None:
+        return
+    cpus = spec.ray.num_cpus or local_cpus()
+    if spec.resources.cpu > cpus:
+        raise PreflightError(f"resources.cpu: each trial asks for {spec.resources.cpu:g} cores, but the local Ray has "
+                             f"{cpus}; ask for at most {cpus}, or run on a cluster (ray.address)")  # fmt: skip
+    if spec.resources.gpu > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if spec.resources.gpu > gpus:
+            raise PreflightError(f"resources.gpu: each trial asks for {spec.resources.gpu:g} GPUs, but this machine has "
+                                 f"{gpus}; set resources.gpu: 0 to train on CPUs, or run on a cluster with GPUs "
+                                 f"(ray.address)")  # fmt: skip
+
+
 def check_storage(path: str) -> None:
     """The storage root must be writable: a local folder is created (that is all a sweep writes before Ray), an
     ``s3://`` prefix gets a probe object written and removed (credentials and endpoint from the standard AWS
@@ -94,6 +124,7 @@ def check_storage(path: str) -> None:
 def preflight(spec: SweepSpec, tracking_uri: str) -> None:
     """All of the above, cheapest first."""
     check_ray_address(spec.ray.address)
+    check_local_resources(spec)
     check_storage(spec.storage.path)
     check_data(spec)
     check_tracking(tracking_uri)

@@ -478,9 +478,9 @@ class MLflowTracking(Callback):
         self.interrupted = bool(self.cut_off) or not_ended
         if not self._drain():
             return
-        cut_off = any(tid not in self._ended for tid in self._runs)
-        try:
-            self._finish(parent_status=KILLED if (cut_off or not_ended) else FINISHED)
+        cut_off = any(tid not in self._ended for tid in self._runs)  # runs MLflow has, never ended
+        try:  # a trial cut off before its first report has no run, but Tune's account has it: interrupted all the same
+            self._finish(parent_status=KILLED if (cut_off or self.interrupted) else FINISHED)
         except Exception as exc:  # noqa: BLE001 - tracking must not end a sweep
             logger.warning("MLflow tracking: ending the sweep's runs failed (%s)", _short_error(exc))
 

@@ -129,6 +129,34 @@ def test_a_driver_killed_then_resumed_completes_with_one_run_per_trial(tmp_path,
 
 
 @pytest.mark.slow
+def test_ctrl_c_before_any_trial_reported_leaves_the_parent_run_killed_not_finished(tmp_path):
+    """Trials cut off before their first evaluation have no MLflow run yet: the parent must still say KILLED (a resume
+    continues it), not FINISHED."""
+    import signal
+
+    data = _spec(tmp_path, "early", trials=2)
+    data["base"] = {**BASE, "train": {**BASE["train"], "steps": 1_000_000, "eval_every": 1_000_000}}  # no report soon
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("BVAE_FAULTS", None)
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps", "sweep", "run", "spec.yaml"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = driver.stderr.readline()
+        assert first.startswith("sweep early: 2 trials"), first
+        time.sleep(12)  # Ray up, the trials training, none near an evaluation
+        driver.send_signal(signal.SIGINT)  # Ctrl+C
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err[-3000:]
+    assert "INTERRUPTED" in out
+    _, parent, runs = _runs(data["tracking"]["uri"], "early", str(tmp_path / "ray_results" / "early"))
+    assert parent.info.status == "KILLED" and "RUNNING" not in {r.info.status for r in runs}
+
+
+@pytest.mark.slow
 def test_ctrl_c_ends_the_sweep_interrupted_with_the_resume_command_and_resume_completes(tmp_path):
     import signal
 
