@@ -365,10 +365,16 @@ def flatten_dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``path = "a.b.c"``, creating intermediate mappings."""
+    """Set ``data[a][b][c] = value`` for ``path = "a.b.c"``, creating intermediate mappings. A mapping keyed by dotted
+    paths itself (a sweep's ``search.space``: ``{"objective.beta": …}``) takes the rest of ``path`` as one key, so
+    ``search.space.objective.beta`` names that entry."""
     keys = path.split(".")
     node = data
     for i, key in enumerate(keys[:-1]):
+        rest = ".".join(keys[i:])
+        if rest in node or any("." in str(k) for k in node):
+            node[rest] = value
+            return
         child = node.get(key)
         if child is None:
             child = node[key] = {}

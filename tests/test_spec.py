@@ -230,3 +230,19 @@ def test_scientific_notation_is_a_number_in_a_spec_file_and_in_set(tmp_path):
     spec = load_spec(path, ["base.train.steps=2e3"])
     assert (spec.space["train.lr"].low, spec.space["train.lr"].high) == (1e-4, 1e-2)
     assert spec.space["objective.beta"].options == (1.0, 4) and spec.base["train"] == {"lr": 5e-4, "steps": 2000.0}
+
+
+def test_set_names_one_search_space_entry_whose_key_holds_dots(tmp_path):
+    import yaml
+
+    from bvae_core.config import load_config_file
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    data = load_config_file(spec_file, ["search.space.objective.beta={log_uniform: [0.5, 2]}",
+                                        "search.space.model.latent_dim={choice: [4, 6]}", "base.train.steps=300"])  # fmt: skip
+    space = data["search"]["space"]
+    assert space["objective.beta"] == {"log_uniform": [0.5, 2]}  # that entry replaced, not a nested "objective"
+    assert space["model.latent_dim"] == {"choice": [4, 6]} and "objective" not in space and "model" not in space
+    assert data["base"]["train"]["steps"] == 300  # ordinary nesting as before
+    assert parse_spec(data).space["objective.beta"] is not None
