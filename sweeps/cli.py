@@ -78,8 +78,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = run_sweep(spec, resume=args.resume, tracking_uri=args.tracking_uri)
     print(summary_table(outcome.rows))
+    from .space import planned_trials
+
     done = sum(r.status == "COMPLETED" for r in outcome.rows)
-    print(f"\n{done}/{len(outcome.rows)} trials completed. Tracking: {outcome.tracking_uri} "
+    planned = max(len(outcome.rows), planned_trials(spec))  # an interrupted sweep has not started them all
+    started = f" ({len(outcome.rows)} started)" if len(outcome.rows) < planned else ""
+    print(f"\n{done}/{planned} trials completed{started}. Tracking: {outcome.tracking_uri} "
           f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})")  # fmt: skip
     print(f"See it in MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
     if outcome.interrupted:
