@@ -1,8 +1,7 @@
 """Everything a sweep checks before it starts anything — no Ray, no tracking run, no storage folder: the user's data
 file and the model it must fit, the tracking server, the Ray address, a trial's resources on the embedded Ray, the
-storage path. Each failure is one line
-naming the field or resource (:class:`PreflightError`, exit status 2), so a mistake costs seconds, not a half-made
-sweep."""
+storage path. Each failure is one line naming the field or resource (:class:`PreflightError`, exit status 2), so a
+mistake costs seconds, not a half-made sweep."""
 
 from __future__ import annotations
 
