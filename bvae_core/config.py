@@ -13,13 +13,31 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .schedules import ScheduleValue, linear_ramp
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
-PositiveInt = Annotated[int, Field(gt=0)]
+
+def _refuse_booleans(value: Any) -> Any:
+    """pydantic reads ``true`` as 1 where a number is meant (``steps: true`` would train 1 step): refuse it."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_for_number", "Expected a number, not true/false")
+    return value
+
+
+NotBool = BeforeValidator(_refuse_booleans)
+Int = Annotated[int, NotBool]
+Float = Annotated[float, NotBool]
+PositiveFloat = Annotated[float, NotBool, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
+PositiveInt = Annotated[int, NotBool, Field(gt=0)]
 
 
 class ConfigError(ValueError):
@@ -35,7 +53,7 @@ class DSpritesData(_Strict):
     name: Literal["dsprites"]
     resolution: Literal[64, 32] = 64
     n_test: PositiveInt | None = None
-    split_seed: int = 0
+    split_seed: Int = 0
 
 
 class BlobsData(_Strict):
@@ -44,7 +62,7 @@ class BlobsData(_Strict):
     grid: PositiveInt = 32
     sigma: PositiveFloat = 2.0
     n_test: PositiveInt | None = None
-    split_seed: int = 0
+    split_seed: Int = 0
 
 
 class GaussianData(_Strict):
@@ -53,7 +71,7 @@ class GaussianData(_Strict):
     rotate: bool = False
     n_train: PositiveInt = 50_000
     n_test: PositiveInt = 10_000
-    data_seed: int = 0
+    data_seed: Int = 0
 
 
 class FileData(_Strict):
@@ -62,8 +80,8 @@ class FileData(_Strict):
     image_column: str = "image"
     factor_columns: list[str] | None = None
     image_shape: list[PositiveInt] | None = None
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    split_seed: int = 0
+    test_fraction: Annotated[float, NotBool, Field(gt=0, lt=1)] = 0.1
+    split_seed: Int = 0
 
 
 DatasetConfig = Annotated[Union[DSpritesData, BlobsData, GaussianData, FileData], Field(discriminator="name")]
@@ -125,7 +143,7 @@ class LinearCapacitySchedule(ScheduleConfig):
     label: ClassVar[str] = "controlled capacity (C ramp)"
     marker: ClassVar[str] = "s"
     symbol: ClassVar[str] = "square"
-    c_max: Annotated[float, Field(ge=0)] = 25.0  # Burgess et al. 2018, §A.2: 25 nats for dSprites
+    c_max: Annotated[float, NotBool, Field(ge=0)] = 25.0  # Burgess et al. 2018, §A.2: 25 nats for dSprites
     ramp_steps: PositiveInt = 100_000  # Burgess et al. 2018, §A.2: over 100,000 iterations
     gamma: PositiveFloat = 1000.0  # Burgess et al. 2018, §A.2: γ = 1000 (here: the bound on the multiplier λ)
     # How fast λ follows KL − C: λ += multiplier_lr·(KL − C)·max(λ, 1) per step (objectives.capacity_multiplier_step).
@@ -145,7 +163,7 @@ class WarmupSchedule(ScheduleConfig):
     marker: ClassVar[str] = "^"
     symbol: ClassVar[str] = "triangle-up"
     warmup_steps: PositiveInt = 10_000
-    beta_start: Annotated[float, Field(ge=0)] = 0.0
+    beta_start: Annotated[float, NotBool, Field(ge=0)] = 0.0
 
     def value(self, beta: float, step: int) -> ScheduleValue:
         return ScheduleValue(beta=linear_ramp(step, self.beta_start, beta, self.warmup_steps), capacity=None)
@@ -158,7 +176,7 @@ class FreeBitsSchedule(ScheduleConfig):
     label: ClassVar[str] = "free bits"
     marker: ClassVar[str] = "D"
     symbol: ClassVar[str] = "diamond"
-    free_bits: Annotated[float, Field(ge=0)] = 0.5
+    free_bits: Annotated[float, NotBool, Field(ge=0)] = 0.5
 
     def value(self, beta: float, step: int) -> ScheduleValue:
         return ScheduleValue(beta=beta, capacity=None, free_bits=self.free_bits)
@@ -203,7 +221,7 @@ class TrainSettings(_Strict):
 
 class TrainConfig(_Strict):
     name: str = "bvae"
-    seed: int = 0
+    seed: Int = 0
     dataset: DatasetConfig
     model: ModelConfig = ModelConfig()
     objective: ObjectiveConfig = ObjectiveConfig()

@@ -40,12 +40,14 @@ def check_data(spec: SweepSpec) -> None:
 
 
 def check_tracking(uri: str) -> None:
-    """An http(s) tracking server must answer (``/health``) before anything starts."""
-    from .store import TrackingError, check_reachable
+    """The tracking URI must name a store MLflow opens, and an http(s) server must answer (``/health``), before
+    anything starts."""
+    from .store import TrackingError, check_reachable, check_scheme
 
     try:
+        check_scheme(uri)
         check_reachable(uri, timeout=10.0)
-    except TrackingError as exc:
+    except (TrackingError, ValueError) as exc:
         raise PreflightError(f"tracking.uri: {exc}") from None
 
 

@@ -11,9 +11,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 
-from bvae_core.config import ConfigError, TrainConfig, _describe, load_config_file, parse_config, set_dotted
+from bvae_core.config import (
+    ConfigError,
+    Float,
+    Int,
+    NotBool,
+    TrainConfig,
+    _describe,
+    _Strict,
+    load_config_file,
+    parse_config,
+    set_dotted,
+)
 
 
 class SpecError(ConfigError):
@@ -121,10 +132,6 @@ def representative(value: Any, pick: str = "low") -> Any:
 
 
 # ---------------------------------------------------------------- settings
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _cohort_size(value: Any) -> int | str:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         return value
@@ -137,31 +144,44 @@ class SchedulerSettings(_Strict):
     kind: Literal["asha"] = "asha"
     metric: str = "nelbo"
     mode: Literal["min", "max"] = "min"
-    grace_period: Annotated[int, Field(gt=0)] = 1  # evaluations before a trial can be stopped
-    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    grace_period: Annotated[int, NotBool, Field(gt=0)] = 1  # evaluations before a trial can be stopped
+    reduction_factor: Annotated[float, NotBool, Field(gt=1)] = 2.0
 
 
 class SearchSettings(_Strict):
     objectives: list[Literal["rate", "distortion", "nelbo"]] = ["rate", "distortion"]
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
-    trials: Annotated[int, Field(gt=0)] = 16
-    concurrency: Annotated[int, Field(gt=0)] | None = None  # None: as many as the resources allow
-    seed: int = 0
+    trials: Annotated[int, NotBool, Field(gt=0)] = 16
+    concurrency: Annotated[int, NotBool, Field(gt=0)] | None = None  # None: as many as the resources allow
+    seed: Int = 0
     space: dict[str, Any]
     scheduler: SchedulerSettings | None = None
-    max_failures: Annotated[int, Field(ge=0)] = 1  # retries of a trial whose worker died (from its checkpoint)
+    max_failures: Annotated[int, NotBool, Field(ge=0)] = 1  # retries of a trial whose worker died (from its checkpoint)
     # configurations trained as one fused model per Ray trial (sweeps.cohorts); auto: 1 on CPUs, as fit on GPUs
     # (sweeps.cohort_size)
     cohort: Annotated[int | str, BeforeValidator(_cohort_size)] = "auto"
 
 
 class ResourceSettings(_Strict):
-    cpu: Annotated[float, Field(gt=0)] = 1.0
-    gpu: Annotated[float, Field(ge=0)] = 0.0
+    cpu: Annotated[float, NotBool, Field(gt=0)] = 1.0
+    gpu: Annotated[float, NotBool, Field(ge=0)] = 0.0
+
+
+def _tracking_uri(value: Any) -> Any:
+    """A tracking URI MLflow can open (``sweeps.store.check_scheme``), refused naming the field."""
+    from .store import check_scheme
+
+    if isinstance(value, str):
+        try:
+            check_scheme(value)
+        except ValueError as exc:
+            raise ValueError(f"tracking.uri: {exc}") from None
+    return value
 
 
 class TrackingSettings(_Strict):
-    uri: str | None = None  # None: sqlite:///mlflow.db in the working directory
+    # None: sqlite:///mlflow.db in the working directory
+    uri: Annotated[str | None, BeforeValidator(_tracking_uri)] = None
     experiment: str | None = None  # None: the sweep name
 
 
@@ -171,15 +191,15 @@ class StorageSettings(_Strict):
 
 class RaySettings(_Strict):
     address: str | None = None  # None: embedded local Ray; "auto" or ray://… for a cluster
-    num_cpus: Annotated[int, Field(gt=0)] | None = None  # embedded Ray only: cores to use (default: all)
+    num_cpus: Annotated[int, NotBool, Field(gt=0)] | None = None  # embedded Ray only: cores to use (default: all)
 
 
 class FrontierSettings(_Strict):
     """The hypervolume's reference point, fixed per sweep. Defaults: a rate of 50 nats and the zero-rate
     distortion of the dataset (the best decoder that ignores z), computed once when the sweep starts."""
 
-    reference_rate: Annotated[float, Field(gt=0)] | None = None
-    reference_distortion: float | None = None
+    reference_rate: Annotated[float, NotBool, Field(gt=0)] | None = None
+    reference_distortion: Float | None = None
 
 
 class EvalSettings(_Strict):

@@ -151,6 +151,22 @@ def resolve_tracking_uri(uri: str | None, base_dir: str | os.PathLike[str] | Non
     return absolute.as_uri()
 
 
+#: The schemes MLflow 3 opens as a tracking store; a SQLAlchemy driver may follow a '+' (postgresql+psycopg2://).
+TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                    "databricks", "databricks-uc", "uc")
+
+
+def check_scheme(uri: str) -> None:
+    """Raise ValueError when ``uri`` names a scheme MLflow cannot open as a tracking store (MLflow's own error comes
+    from its model registry and names neither the setting nor the schemes it takes). Bare paths pass."""
+    if uri.lower() in _PASSTHROUGH_SCHEMES or not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", uri):
+        return
+    scheme = uri.split(":", 1)[0].lower()
+    if len(scheme) > 1 and scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme + ':'!r} in {uri!r}; expected a local path or one of "
+                         f"{', '.join(s + ':' for s in TRACKING_SCHEMES)}")
+
+
 def local_sqlite_path(uri: str) -> Path | None:
     """The database file of an absolute sqlite URI, else None."""
     if not uri.lower().startswith("sqlite"):
@@ -181,6 +197,10 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
 
 def check_store_exists(uri: str) -> None:
     """For commands that only read (frontier, pick): a local sqlite store must exist, a server must answer."""
+    try:
+        check_scheme(uri)
+    except ValueError as exc:
+        raise SweepNotFound(f"--tracking-uri: {exc}") from None
     db = local_sqlite_path(uri)
     if db is not None and not db.exists():
         raise SweepNotFound(f"--tracking-uri: no tracking store at {db}; run a sweep first or pass --tracking-uri")

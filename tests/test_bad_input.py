@@ -56,6 +56,8 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("typo in a search path", _with("search.space", {"objective.betta": {"uniform": [1, 2]}}), "objective.betta"),
         ("wrong type", _with("search.trials", "many"), "search.trials"),
         ("β ≤ 0", _with("base.objective.beta", 0), "objective.beta"),
+        ("true where a number is meant", _with("base.train.steps", True), "train.steps: expected a number"),
+        ("false for a resource", _with("resources.cpu", False), "resources.cpu: expected a number"),
         ("latent_dim 0", _with("base.model.latent_dim", 0), "model.latent_dim"),
         ("log_uniform low ≥ high", _with("search.space", {"objective.beta": {"log_uniform": [4, 1]}}), "low < high"),
         ("log_uniform low ≤ 0", _with("search.space", {"objective.beta": {"log_uniform": [0, 1]}}), "0 < low"),
@@ -96,6 +98,8 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("NaN in the images", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "nan.npz", images=np.full((40, 32, 32), np.nan, np.float32))}}},
          "NaN or infinite"),
+        ("tracking URI of no store MLflow knows", {**GOOD, "tracking": {"uri": "foo://bar"}},
+         "tracking.uri: unsupported scheme 'foo:'"),
         ("unreachable tracking server", {**GOOD, "tracking": {"uri": f"http://{dead}"}}, "tracking.uri"),
         ("unreachable Ray address", {**GOOD, "ray": {"address": dead}}, "ray.address"),
         ("storage path under a file", {**GOOD, "storage": {"path": str(tmp / "spec-as-folder.yaml" / "x")}},
@@ -124,7 +128,8 @@ def test_each_malformed_input_exits_2_with_one_line_and_starts_nothing(tmp_path,
     assert not failures, "\n".join(failures)
 
 
-def test_a_malformed_override_and_a_missing_spec_are_refused_too(tmp_path, capsys):
+def test_a_malformed_override_and_a_missing_spec_are_refused_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(GOOD))
     assert main(["sweep", "run", str(spec), "--set", "search.trials"]) == 2
@@ -133,6 +138,11 @@ def test_a_malformed_override_and_a_missing_spec_are_refused_too(tmp_path, capsy
     assert "absent.yaml" in capsys.readouterr().err
     assert main(["pick", "nosuch", "--rule", "knee", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no tracking store" in capsys.readouterr().err
+    assert main(["pick", "nosuch", "--rule", "knee", "--tracking-uri", "s3://bucket/mlruns"]) == 2
+    assert "--tracking-uri: unsupported scheme 's3:'" in capsys.readouterr().err
+    assert main(["sweep", "run", str(spec), "--tracking-uri", "foo:bar"]) == 2
+    assert "tracking.uri: unsupported scheme 'foo:'" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_bad_s3_credentials_exit_2_naming_the_storage_path(tmp_path, capsys, monkeypatch):
