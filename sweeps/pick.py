@@ -112,7 +112,9 @@ def apply_rule(rows: list[dict[str, Any]], rule: Rule, max_distortion: float | N
 
 
 def pick_summary(row: dict[str, Any], rule_text: str) -> dict[str, Any]:
-    """The JSON object ``bvae pick --json`` prints."""
+    """The JSON object ``bvae pick --json`` prints: ``params`` the trial's hyperparameters, ``eval_params`` the
+    disentanglement metrics' settings (logged as ``eval.*`` params)."""
+    logged = row.get("params") or {}
     metrics = {k: v for k, v in row.items() if k in ("rate", "distortion", "nelbo", "active_units", "sse", "mig", "sap",
                "dci_disentanglement", "dci_completeness", "dci_informativeness", "factorvae_score", "betavae_score")
                and v is not None}  # fmt: skip
@@ -128,7 +130,8 @@ def pick_summary(row: dict[str, Any], rule_text: str) -> dict[str, Any]:
         "rate": row["rate"],
         "distortion": row["distortion"],
         "pareto_rank": row.get("pareto_rank"),
-        "params": row.get("params", {}),
+        "params": {k: v for k, v in logged.items() if not k.startswith("eval.")},
+        "eval_params": {k.removeprefix("eval."): v for k, v in logged.items() if k.startswith("eval.")},
         "metrics": metrics,
         "checkpoint_uri": row.get("checkpoint_uri"),
     }

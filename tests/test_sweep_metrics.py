@@ -46,6 +46,11 @@ def test_sweep_computes_metrics_and_picks_by_mig(local_ray, tmp_path, capsys):
     frontier = [r for r in rows if r["on_frontier"]]
     assert pick["trial_id"] == max(frontier, key=lambda r: r["mig"])["trial_id"]
     assert pick["metrics"]["mig"] == max(r["mig"] for r in frontier)
+    assert "objective.beta" in pick["params"] and not any(k.startswith("eval.") for k in pick["params"])
+    assert pick["eval_params"]["mig.num_bins"] == "20"
+    assert main(["pick", "withmig", "--rule", "max-mig", "--tracking-uri", outcome.tracking_uri]) == 0
+    hyperparameters = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("hyperparameters:"))
+    assert "objective.beta=" in hyperparameters and "eval." not in hyperparameters
 
 
 @pytest.mark.slow
