@@ -79,7 +79,10 @@ def parse_distribution(value: Any, where: str) -> Distribution:
     """``{log_uniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{int: [lo, hi]}``, ``{int_log: [lo, hi]}`` or
     ``{choice: [...]}`` (whose mappings may nest distributions) → a typed distribution."""
     if not is_distribution(value):
-        raise SpecError(f"{where}: expected one of {{{', '.join(k + ': …' for k in _DIST_KEYS)}}}, got {value!r}")
+        head, _, last = where.rpartition(".")
+        hint = (f" (on the command line the whole entry is one value: --set '{head}={{{last}: {value!r}}}')"
+                if last in _DIST_KEYS and head.startswith("search.space.") else "")  # fmt: skip
+        raise SpecError(f"{where}: expected one of {{{', '.join(k + ': …' for k in _DIST_KEYS)}}}, got {value!r}{hint}")
     kind, arg = next(iter(value.items()))
     if kind == "choice":
         if not isinstance(arg, list) or not arg:

@@ -246,3 +246,15 @@ def test_set_names_one_search_space_entry_whose_key_holds_dots(tmp_path):
     assert space["model.latent_dim"] == {"choice": [4, 6]} and "objective" not in space and "model" not in space
     assert data["base"]["train"]["steps"] == 300  # ordinary nesting as before
     assert parse_spec(data).space["objective.beta"] is not None
+
+
+def test_a_distribution_set_by_its_kind_on_the_command_line_gets_the_form_that_works(tmp_path):
+    import yaml
+
+    from bvae_core.config import load_config_file
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    data = load_config_file(spec_file, ["search.space.objective.beta.uniform=[1, 2]"])
+    with pytest.raises(SpecError, match=r"--set 'search.space.objective.beta=\{uniform: \[1, 2\]\}'"):
+        parse_spec(data)
