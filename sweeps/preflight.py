@@ -5,6 +5,7 @@ mistake costs seconds, not a half-made sweep."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -19,12 +20,13 @@ class PreflightError(ConfigError):
     """A resource the spec names cannot be used; one line naming the field and why."""
 
 
-def check_data(spec: SweepSpec) -> None:
+def check_data(spec: SweepSpec) -> int | None:
     """Read the user's data file once (``DataFileError`` names the file) and build the model on its examples, so
-    that images of the wrong size for the architecture stop the sweep here, not in every trial."""
+    that images of the wrong size for the architecture stop the sweep here, not in every trial. Returns the file's
+    number of rows (None for a generated dataset)."""
     config = spec.base_config
     if config.dataset.name != "file":
-        return  # generated datasets: their config was validated with the model
+        return None  # generated datasets: their config was validated with the model
     from bvae_core.data import check_likelihood_support, make_dataset
     from bvae_core.models import build_model
 
@@ -37,6 +39,38 @@ def check_data(spec: SweepSpec) -> None:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:
         raise PreflightError(f"base.{exc} (data: {config.dataset.path})") from None
+    return len(dataset.factors) if getattr(dataset, "factors", None) is not None else None
+
+
+def metric_points(spec: SweepSpec, file_rows: int | None) -> int | None:
+    """The distinct points the disentanglement metrics draw from: factor combinations, or a data file's rows."""
+    dataset = spec.base_config.dataset
+    if dataset.name == "file":
+        return file_rows
+    if dataset.name == "blobs":
+        return dataset.grid**2
+    if dataset.name == "dsprites":
+        from bvae_core.data.dsprites import DSprites
+
+        return math.prod(DSprites.factor_sizes)
+    return None  # no factors: no metrics (the spec refuses them)
+
+
+def in_sample_note(spec: SweepSpec, file_rows: int | None) -> str | None:
+    """A line for the sweep's start when the held-out metrics (dci/informativeness, sap) would mostly be tested on
+    their own training points: a small data file or factor grid (``bvae_core.metrics.in_sample_share``)."""
+    points = metric_points(spec, file_rows) if spec.eval.metrics else None
+    if points is None:
+        return None
+    from bvae_core.metrics import in_sample_share
+
+    share = in_sample_share(spec.eval.metrics, points, spec.eval.preset)
+    if share < 0.1:
+        return None
+    held_out = [m for m in ("dci", "sap") if m in spec.eval.metrics]
+    return (f"eval.metrics: {', '.join(held_out)} test on points drawn like the training points, and the dataset has "
+            f"only {points} distinct ones: about {share:.0%} of the test points were trained on, so "
+            f"dci/informativeness and sap read as in-sample fit (disentanglement_lib's protocol)")
 
 
 def check_tracking(uri: str) -> None:
@@ -122,10 +156,12 @@ def check_storage(path: str) -> None:
                              f"bucket and the AWS_* credentials and endpoint") from None  # fmt: skip
 
 
-def preflight(spec: SweepSpec, tracking_uri: str) -> None:
-    """All of the above, cheapest first."""
+def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
+    """All of the above, cheapest first. Returns notes for the sweep's first lines (things worth knowing that do
+    not stop it)."""
     check_ray_address(spec.ray.address)
     check_local_resources(spec)
     check_storage(spec.storage.path)
-    check_data(spec)
+    file_rows = check_data(spec)
     check_tracking(tracking_uri)
+    return [note for note in (in_sample_note(spec, file_rows),) if note]

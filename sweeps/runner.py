@@ -169,14 +169,14 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     from .store import FAILED, KILLED, resolve_tracking_uri
     from .cohort_size import resolve_cohort
     from .search import build_scheduler, build_searcher, fused, optuna_study
-    from .space import planned_trials
+    from .space import grid_size, planned_trials
     from .started_spec import check_resume_spec, save_started_spec
     from .state_saves import serialize_state_saves
     from .trainable import train_trial
 
     uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
-    preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
+    notes = preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
     filesystem = storage_filesystem(spec)
     exists = tune.Tuner.can_restore(path, storage_filesystem=filesystem)
     if resume and not exists:
@@ -238,8 +238,12 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             if choice is not None:
                 at_once += f" (search.cohort auto: {choice.size}, {choice.why})"
             fewer = f" (the grid holds {trials}; search.trials asked {spec.search.trials})" if trials < spec.search.trials else ""
+            if spec.search.sampler == "grid" and grid_size(spec) > trials:
+                fewer = f" (of the grid's {grid_size(spec)} combinations: search.trials)"
             print(f"sweep {spec.name}: {trials} trials{fewer}, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr, flush=True)
             save_started_spec(spec, path, filesystem)
         serialize_state_saves()  # no save rewrites the state while Tune copies it to storage
         results = tuner.fit()

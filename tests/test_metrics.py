@@ -277,3 +277,19 @@ def test_code_based_metrics_on_a_file_dataset_match_the_rendered_one(tmp_path):
     np.savez(tmp_path / "bare.npz", images=blobs.render(factors).numpy())
     with pytest.raises(ValueError, match="no factors"):
         compute_metrics(["mig"], make_dataset("file", path=str(tmp_path / "bare.npz")), centroid, "fast")
+
+
+def test_in_sample_share_is_the_share_of_test_draws_that_were_also_training_draws():
+    import torch
+
+    from bvae_core.metrics import in_sample_share
+
+    for points in (50, 3_000, 737_280):
+        train = torch.randint(points, (2_000,), generator=torch.Generator().manual_seed(0))  # sap's fast num_train
+        test = torch.randint(points, (20_000,), generator=torch.Generator().manual_seed(1))
+        seen = torch.isin(test, train).double().mean().item()
+        assert in_sample_share(["mig", "sap"], points, "fast") == pytest.approx(seen, abs=0.03), points  # sd ~0.01
+    assert in_sample_share(["dci"], 737_280, "full") < 0.02  # dSprites at disentanglement_lib's sizes: ~1 %
+    assert in_sample_share(["mig", "factorvae_score"], 50) == 0.0  # no held-out metric
+    with pytest.raises(ValueError, match="distinct_points"):
+        in_sample_share(["sap"], 0)

@@ -258,3 +258,17 @@ def test_a_distribution_set_by_its_kind_on_the_command_line_gets_the_form_that_w
     data = load_config_file(spec_file, ["search.space.objective.beta.uniform=[1, 2]"])
     with pytest.raises(SpecError, match=r"--set 'search.space.objective.beta=\{uniform: \[1, 2\]\}'"):
         parse_spec(data)
+
+
+@pytest.mark.parametrize(("dataset", "metrics", "noted"), [
+    ({"name": "blobs", "resolution": 32, "grid": 8}, ["mig", "dci"], "64 distinct ones: about 100%"),
+    ({"name": "blobs", "resolution": 32, "grid": 32}, ["dci"], "1024 distinct ones: about 62%"),  # 1,000 draws
+    ({"name": "blobs", "resolution": 32, "grid": 32}, ["mig"], None),  # no held-out metric
+    ({"name": "dsprites", "resolution": 32}, ["dci", "sap"], None),  # 737,280 combinations
+])
+def test_the_sweep_notes_held_out_metrics_tested_on_their_training_points(dataset, metrics, noted):
+    from sweeps.preflight import in_sample_note
+
+    data = {**SPEC, "base": {**SPEC["base"], "dataset": dataset}, "eval": {"metrics": metrics}}
+    note = in_sample_note(parse_spec(data), None)
+    assert note == noted or (noted in note and "in-sample" in note)

@@ -30,6 +30,8 @@ def test_sweep_computes_metrics_and_picks_by_mig(local_ray, tmp_path, capsys):
         "storage": {"path": str(tmp_path / "ray_results")},
     }  # fmt: skip
     outcome = run_sweep(parse_spec(data))
+    # an 8×8 grid: the 64 combinations are all among sap's 2,000 training draws, and the sweep says so
+    assert "note: eval.metrics: sap test on points drawn like the training points" in capsys.readouterr().err
     client = MlflowClient(outcome.tracking_uri)
     rows = frontier_rows(client, find_sweep(client, "withmig"))
     assert len(rows) == 3
