@@ -263,11 +263,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bvae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`bvae frontier --json | head`): not an error of ours
+        _silence_stdout()
+        return 0
     except Exception as e:  # anything else: one line, and the traceback only when asked for
         if os.environ.get("BVAE_DEBUG"):
             raise
         print(f"bvae {args.command}: failed: {type(e).__name__}: {e} (set BVAE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not hit the closed pipe again (the recipe of
+    the Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

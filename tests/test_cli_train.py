@@ -122,3 +122,14 @@ def test_shipped_configs_validate():
     assert configs
     for path in configs:
         parse_config(load_config_file(path))
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_config):
+    """`bvae train … | head -c0`, `bvae frontier --json | head`: the closed pipe is the reader's choice, not a
+    failure — exit 0, nothing on stderr about a broken pipe."""
+    process = subprocess.Popen([sys.executable, "-m", "sweeps", "train", str(tiny_config), "--quiet"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process.stdout.close()  # before the command writes its JSON line
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "Broken pipe" not in err and "BrokenPipeError" not in err
