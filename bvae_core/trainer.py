@@ -349,8 +349,14 @@ class Trainer:
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "Trainer":
-        """Rebuild a trainer from a checkpoint written by :meth:`save` (``overrides`` e.g. ``device="cpu"``)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        """Rebuild a trainer from a checkpoint written by :meth:`save` (``overrides`` e.g. ``device="cpu"``).
+
+        A sweep trial's final checkpoint holds no optimizer state (nothing trains from it again): it raises
+        ``ValueError`` pointing to :func:`load_model`, which loads its model."""
+        state = _read_checkpoint(path)
+        if "optimizer" not in state:
+            raise ValueError(f"{path}: a finished trial's checkpoint, saved without the optimizer state, so training "
+                             f"cannot continue from it; load its model with bvae_core.trainer.load_model({str(path)!r})")
         config = state["config"]
         if overrides:
             config = {**config, "train": {**config["train"], **overrides}}
@@ -359,9 +365,18 @@ class Trainer:
         return trainer
 
 
+def _read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """A checkpoint's state, or ``ValueError`` naming the file when it is not one of ours."""
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or not {"config", "model", "step"} <= state.keys():
+        raise ValueError(f"{path}: not a bvae checkpoint (expected the state written by Trainer.save, with config, "
+                         f"model and step)")
+    return state
+
+
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple["torch.nn.Module", TrainConfig]:
     """The trained :class:`~bvae_core.models.VAE` of a checkpoint and its config, without building the dataset."""
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = _read_checkpoint(path, map_location)
     config = parse_config(state["config"])
     model = build_model(config.model.arch, tuple(state["example_shape"]), config.model.latent_dim, config.model.hidden)
     model.load_state_dict(state["model"])

@@ -25,3 +25,8 @@ def test_final_checkpoint_is_the_model_without_adam_state(tmp_path, schedule):
     z = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.decode_mean(z), trainer.model.eval().decode_mean(z))
     assert not [key for key in torch.load(tmp_path / "final.pt", weights_only=False) if "optimizer" in key]
+    with pytest.raises(ValueError, match=r"final\.pt: a finished trial's checkpoint.*load_model\("):
+        Trainer.load(tmp_path / "final.pt")  # one line saying what to use instead, not KeyError: 'optimizer'
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt: not a bvae checkpoint"):
+        load_model(tmp_path / "other.pt")
