@@ -147,14 +147,19 @@ class MLPDecoder(nn.Module):
 
 
 class LinearEncoder(nn.Module):
-    """q(z|x) = N(Ax + a, diag exp(Bx + b)): with a linear decoder and Gaussian data this reaches the Shannon bound."""
+    """q(z|x) = N(Ax + a, diag exp(b)): the linear VAE of Lucas et al. (2019, §4), whose posterior variance does not
+    depend on x. With a linear decoder and Gaussian data its optimum is the Shannon bound. (A variance exp(Bx + b)
+    has the same optimum, B = 0, but on a steep spectrum — eigenvalues 100 … 1e-4 — exp(Bx) starts at thousands of
+    nats of KL and Adam takes tens of thousands of steps to undo it.)"""
 
     def __init__(self, example_shape: tuple[int, ...], latent_dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(example_shape), 2 * latent_dim))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(example_shape), latent_dim))
+        self.logvar = nn.Parameter(torch.zeros(latent_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        mu = self.net(x)
+        return torch.cat([mu, self.logvar.to(mu.dtype).expand_as(mu)], dim=1)
 
 
 class LinearDecoder(nn.Module):

@@ -193,8 +193,8 @@ def _fmt(value) -> str:
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
-    from .frontier import frontier_rows
-    from .pick import PickError, apply_rule, check_max_distortion, parse_rule, pick_summary
+    from .frontier import frontier_of, frontier_rows
+    from .pick import PickError, apply_rule, check_max_distortion, no_knee_reason, parse_rule, pick_summary
     from .registry import RegistryNameError, check_registry_names, record_pick, register_pick
 
     try:  # every flag is checked before the store is read or written
@@ -208,11 +208,16 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     except (PickError, RegistryNameError) as e:
         raise UsageError(str(e)) from None
     client, ref = _resolve_sweep(args)
+    rows = frontier_rows(client, ref)
     try:
-        row = apply_rule(frontier_rows(client, ref), rule, args.max_distortion)
+        row = apply_rule(rows, rule, args.max_distortion)
     except PickError as e:
         raise UsageError(str(e)) from None
     summary = pick_summary(row, args.rule)
+    note = no_knee_reason(frontier_of(rows)) if rule.kind == "knee" else None
+    if note:
+        summary["note"] = note
+        print(f"note: {note}", file=sys.stderr)
     model = None
     if args.register is not None:
         version = register_pick(client, row, args.register, alias)

@@ -57,10 +57,21 @@ def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
     """The frontier point farthest *below* the chord between its two ends, in coordinates normalised to [0, 1] by the
     frontier's range (the "Kneedle" construction, Satopää et al. 2011: the knee of a decreasing convex curve is where
     it falls farthest under the straight line between its ends). A point above the chord is a poor trade-off, never
-    the knee. With fewer than three points, or none below the chord (no knee): the lowest rate."""
+    the knee. With fewer than three points, or none below the chord (no knee): the lowest rate (see
+    :func:`no_knee_reason`)."""
+    return knee_with_reason(points)[0]
+
+
+def no_knee_reason(points: list[dict[str, Any]]) -> str | None:
+    """Why the frontier has no knee (then :func:`knee` falls back to its lowest rate), or None when it has one."""
+    return knee_with_reason(points)[1]
+
+
+def knee_with_reason(points: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
     front = sorted(points, key=lambda p: p["rate"])
     if len(front) < 3:
-        return front[0]
+        return front[0], (f"the frontier has {len(front)} point{'s' if len(front) > 1 else ''}, too few for a knee "
+                          f"(3 or more); picked its lowest rate")  # fmt: skip
     xy = np.array([[p["rate"], p["distortion"]] for p in front], dtype=float)
     span = np.where(np.ptp(xy, axis=0) > 0, np.ptp(xy, axis=0), 1.0)
     norm = (xy - xy.min(0)) / span
@@ -69,7 +80,9 @@ def knee(points: list[dict[str, Any]]) -> dict[str, Any]:
     rel = norm - a
     below = rel[:, 0] * chord[1] - rel[:, 1] * chord[0]  # signed: > 0 under the chord (rate up, distortion down)
     best = int(np.argmax(below))
-    return front[best] if below[best] > 0 else front[0]
+    if below[best] > 0:
+        return front[best], None
+    return front[0], "no frontier point lies below the chord between its ends (no knee); picked its lowest rate"
 
 
 def _describe(p: dict[str, Any]) -> str:

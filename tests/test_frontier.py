@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from sweeps.cli import main
 from sweeps.frontier import frontier_rows, find_sweep, hypervolume_2d, pareto_ranks, read_parquet, to_table, write_parquet
-from sweeps.pick import PickError, apply_rule, knee, parse_rule
+from sweeps.pick import PickError, apply_rule, knee, no_knee_reason, parse_rule
 from sweeps.registry import record_pick
 from sweeps.store import SweepRef
 
@@ -85,6 +85,14 @@ def test_the_knee_is_below_the_chord_never_a_bulge_above_it():
     the absolute distance picked (9, 35) here."""
     assert knee(_rows([(0, 100), (5, 40), (9, 35), (10, 0)]))["rate"] == 5
     assert knee(_rows([(0, 10), (4, 9.5), (8, 8), (10, 0)]))["rate"] == 0  # concave: no knee, the lowest rate
+    assert "below the chord" in no_knee_reason(_rows([(0, 10), (4, 9.5), (8, 8), (10, 0)]))
+    assert no_knee_reason(_rows([(0, 100), (5, 40), (9, 35), (10, 0)])) is None
+
+
+def test_a_frontier_of_fewer_than_three_points_has_no_knee_and_says_so():
+    two = _rows([(5, 40), (1, 90)])
+    assert knee(two)["rate"] == 1 and "2 points, too few for a knee" in no_knee_reason(two)
+    assert "1 point," in no_knee_reason(_rows([(5, 40)]))
 
 
 def test_pick_rules():
