@@ -52,7 +52,8 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
     """Train to ``train.steps``, evaluating every ``train.eval_every`` steps; return the final held-out metrics.
 
     With ``out``: ``checkpoint.pt`` after every evaluation, then ``config.yaml`` (resolved), ``metrics.json`` and
-    the plots of :func:`bvae_core.plots.save_model_plots`."""
+    the plots of :func:`bvae_core.plots.save_model_plots`; a folder that holds a run already gets this one's files
+    (with a note on stderr: training starts over, it does not continue that run)."""
     cfg = parse_config(config)
     try:
         trainer = Trainer(cfg)
@@ -66,6 +67,9 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"out: cannot create the folder {out_dir}: {e.strerror or e}") from None
+        if (out_dir / "checkpoint.pt").exists():  # said, not silent: the earlier run's files are about to go
+            print(f"note: out: {out_dir} already holds a run (checkpoint.pt); this run starts from step 0 and replaces "
+                  f"its files", file=sys.stderr, flush=True)  # fmt: skip
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     printer = ProgressPrinter(cfg.train.steps) if progress else None
     if printer:

@@ -53,6 +53,9 @@ def test_train_prints_progress_and_final_json(tiny_config, tmp_path):
     restored = Trainer.load(out / "checkpoint.pt")
     assert restored.step == 20
     assert restored.evaluate()["rate"] == pytest.approx(metrics["rate"], rel=1e-6)
+    assert "already holds a run" not in result.stderr
+    again = bvae("train", str(tiny_config), "--out", str(out), "--quiet")  # into the same folder: said, not silent
+    assert again.returncode == 0 and f"note: out: {out} already holds a run (checkpoint.pt)" in again.stderr
 
 
 def test_same_config_same_numbers(tiny_config):
