@@ -45,7 +45,7 @@ from torch.func import functional_call, vmap
 from .atomic import torch_bytes, write_atomically
 from .config import TrainConfig, flatten_dotted, parse_config
 from .data import Dataset
-from .evaluation import evaluate
+from .evaluation import check_held_out, evaluate
 from .models import VAE, build_model
 from .objectives import capacity_multiplier_step, gaussian_kl
 from .schedules import ScheduleValue, schedule_value
@@ -191,6 +191,7 @@ class Cohort:
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"train.device: a cohort trains on cpu or cuda, got {self.device}")
         self.threads, self.dataset, self.likelihood = setup_run(cfg, self.device, dataset)  # as a Trainer does
+        check_held_out(self.dataset, cfg.train.n_eval)
         self.channels_last = cfg.train.channels_last and len(self.dataset.example_shape) == 3
         self.autocast = autocast_context(self.device, cfg.train.precision)
         self.backend = ("loop" if K == 1 else "vmap") if backend == "auto" else backend

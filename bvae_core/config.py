@@ -38,6 +38,8 @@ Int = Annotated[int, NotBool]
 Float = Annotated[float, NotBool]
 PositiveFloat = Annotated[float, NotBool, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
 PositiveInt = Annotated[int, NotBool, Field(gt=0)]
+# held-out examples: the standard errors and the active units are variances over them, so at least 2
+HeldOutCount = Annotated[int, NotBool, Field(ge=2)]
 
 
 class ConfigError(ValueError):
@@ -52,7 +54,7 @@ class _Strict(BaseModel):
 class DSpritesData(_Strict):
     name: Literal["dsprites"]
     resolution: Literal[64, 32] = 64
-    n_test: PositiveInt | None = None
+    n_test: HeldOutCount | None = None
     split_seed: Int = 0
 
 
@@ -61,7 +63,7 @@ class BlobsData(_Strict):
     resolution: Literal[64, 32] = 32
     grid: PositiveInt = 32
     sigma: PositiveFloat = 2.0
-    n_test: PositiveInt | None = None
+    n_test: HeldOutCount | None = None
     split_seed: Int = 0
 
 
@@ -70,7 +72,7 @@ class GaussianData(_Strict):
     eigenvalues: Annotated[list[PositiveFloat], Field(min_length=1)]
     rotate: bool = False
     n_train: PositiveInt = 50_000
-    n_test: PositiveInt = 10_000
+    n_test: HeldOutCount = 10_000
     data_seed: Int = 0
 
 
@@ -210,7 +212,7 @@ class TrainSettings(_Strict):
     lr: PositiveFloat = 5.0e-4  # Burgess et al. 2018, §A.1: Adam, learning rate 5e-4
     eval_every: PositiveInt = 1_000
     eval_batch_size: PositiveInt = 512
-    n_eval: PositiveInt | None = None  # held-out examples used by evaluate(); None = the whole split
+    n_eval: HeldOutCount | None = None  # held-out examples used by evaluate(); None = the whole split
     log_every: PositiveInt = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere

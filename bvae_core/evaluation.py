@@ -75,6 +75,17 @@ def rate_decomposition(mu: Tensor, logvar: Tensor, generator: torch.Generator | 
 
 
 @torch.no_grad()
+def check_held_out(dataset: Dataset, n_eval: int | None) -> None:
+    """``ValueError`` naming the setting when evaluation would see fewer than 2 held-out examples: the standard
+    errors and the active units are variances over them (one example gives 0 active units and no error bar)."""
+    held_out = dataset.n_test if n_eval is None else min(n_eval, dataset.n_test)
+    if held_out < 2:
+        path = getattr(dataset, "path", None)
+        where = f"dataset.test_fraction: the held-out split of {path}" if path else "dataset.n_test: the held-out split"
+        raise ValueError(f"{where} has {held_out} example(s); evaluation needs at least 2 (raise test_fraction or "
+                         f"add examples)")  # fmt: skip
+
+
 def evaluate(model: VAE, likelihood: Likelihood, dataset: Dataset, *, batch_size: int = 512,
              n_eval: int | None = None, seed: int = 0, autocast=nullcontext,
              mi_points: int = MI_POINTS) -> dict[str, float]:  # fmt: skip

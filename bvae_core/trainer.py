@@ -26,7 +26,7 @@ import torch
 from .atomic import torch_bytes, write_atomically
 from .config import TrainConfig, parse_config
 from .data import Dataset, check_likelihood_support, make_dataset
-from .evaluation import evaluate
+from .evaluation import check_held_out, evaluate
 from .models import build_model
 from .objectives import (
     Likelihood,
@@ -147,6 +147,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         # CPU only: the intra-op thread count and why (bvae_core.threads)
         self.threads, self.dataset, self.likelihood = setup_run(cfg, self.device, dataset)
+        check_held_out(self.dataset, cfg.train.n_eval)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.model.arch, self.dataset.example_shape, cfg.model.latent_dim, cfg.model.hidden)

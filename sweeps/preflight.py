@@ -28,10 +28,15 @@ def check_data(spec: SweepSpec) -> int | None:
     if config.dataset.name != "file":
         return None  # generated datasets: their config was validated with the model
     from bvae_core.data import check_likelihood_support, make_dataset
+    from bvae_core.evaluation import check_held_out
     from bvae_core.models import build_model
 
     dataset = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
     check_likelihood_support(dataset, config.model.likelihood.kind)
+    try:
+        check_held_out(dataset, config.train.n_eval)
+    except ValueError as exc:
+        raise PreflightError(f"base.{exc}") from None
     if spec.eval.metrics and getattr(dataset, "factors", None) is None:
         raise PreflightError(f"eval.metrics: {config.dataset.path} holds no factors (an integer array 'factors' or "
                              f"'latents_classes' in a .npz, integer columns or dataset.factor_columns in Parquet)")  # fmt: skip
