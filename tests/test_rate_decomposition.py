@@ -39,10 +39,9 @@ def _linear_gaussian_model(latent_dim: int, weight: torch.Tensor, mu_bias: torch
     model = build_model("linear", (weight.shape[1],), latent_dim)
     layer = model.encoder.net[1]
     with torch.no_grad():
-        layer.weight.zero_()
-        layer.weight[:latent_dim] = weight.float()
-        layer.bias[:latent_dim] = mu_bias.float()
-        layer.bias[latent_dim:] = logvar.float()
+        layer.weight.copy_(weight.float())
+        layer.bias.copy_(mu_bias.float())
+        model.encoder.logvar.copy_(logvar.float())
     return model
 
 
