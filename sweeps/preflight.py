@@ -22,8 +22,8 @@ class PreflightError(ConfigError):
 
 def check_data(spec: SweepSpec) -> int | None:
     """Read the user's data file once (``DataFileError`` names the file) and build the model on its examples, so
-    that images of the wrong size for the architecture stop the sweep here, not in every trial. Returns the file's
-    number of rows (None for a generated dataset)."""
+    that images of the wrong size for the architecture stop the sweep here, not in every trial. Returns the number of
+    the file's rows when it holds factors (the points the metrics draw from), else None (and for generated data)."""
     config = spec.base_config
     if config.dataset.name != "file":
         return None  # generated datasets: their config was validated with the model
@@ -73,9 +73,10 @@ def in_sample_note(spec: SweepSpec, file_rows: int | None) -> str | None:
     if share < 0.1:
         return None
     held_out = [m for m in ("dci", "sap") if m in spec.eval.metrics]
+    scores = " and ".join({"dci": "dci/informativeness", "sap": "sap"}[m] for m in held_out)
     return (f"eval.metrics: {', '.join(held_out)} test on points drawn like the training points, and the dataset has "
-            f"only {points} distinct ones: about {share:.0%} of the test points were trained on, so "
-            f"dci/informativeness and sap read as in-sample fit (disentanglement_lib's protocol)")
+            f"only {points} distinct ones: about {share:.0%} of the test points were trained on, so {scores} "
+            f"read{'s' if len(held_out) == 1 else ''} as in-sample fit (disentanglement_lib's protocol)")
 
 
 def check_tracking(uri: str) -> None:
