@@ -43,8 +43,9 @@ fi
   | tee -a "$OUT/device.txt"
 
 echo "== CUDA tests (CI skips them)"
-timeout 180 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_trainer.py tests/test_cohort.py tests/test_memory.py \
-  -k "cuda" 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
+# -rfEs: failures and errors in the summary too (a bare -rs would hide them); the whole output is kept
+timeout 180 "$PYTHON" -m pytest -q -rfEs -p no:cacheprovider tests/test_trainer.py tests/test_cohort.py tests/test_memory.py \
+  -k "cuda" 2>&1 | tee "$OUT/cuda_tests.txt" | tail -60
 
 echo "== every route on one device"
 timeout 300 "$PYTHON" benchmarks/gpu_packing.py "${PACKING[@]}" 2>&1 | tee "$OUT/gpu_packing.txt" | tail -40

@@ -335,8 +335,12 @@ def main() -> None:
                         members = len(spec["configs"])
                         memory[label] = (torch.cuda.max_memory_allocated(device) - resident) / members
                         torch.cuda.empty_cache()
-            except torch.OutOfMemoryError:
+            except Exception as e:  # noqa: BLE001 — one route failing (out of memory, a worker, cuDNN) spoils only its row
+                print(f"  {label}: failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                      file=sys.stderr, flush=True)  # fmt: skip
                 rate, cpu_rate, cap = float("nan"), float("nan"), None
+                if not cpu:
+                    torch.cuda.empty_cache()
             figures[label].append(rate)
             per_cpu[label].append(cpu_rate)
             captured[label] = cap

@@ -261,6 +261,7 @@ class Cohort:
         self.errors: list[str | None] = [None] * K
         self._frozen: dict[int, dict[str, Any]] = {}  # member checkpoints taken when a member stopped
         self._graph: Any = None
+        self._side_stream: torch.cuda.Stream | None = None  # the warm-up steps' stream, one for the cohort's life
         self._graph_failed = False
         self._eager_steps = 0
 
@@ -397,7 +398,9 @@ class Cohort:
             self._graph.replay()
             self.step += 1
             return
-        on_side_stream(self.device, lambda: self._step_body(None))  # a warm-up step, as capture wants
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        on_side_stream(self._side_stream, self.device, lambda: self._step_body(None))  # a warm-up step, as capture wants
         self._eager_steps += 1
         self.step += 1
 

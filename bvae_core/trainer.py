@@ -120,10 +120,10 @@ def training_losses(distortion: torch.Tensor, kl_per_dim: torch.Tensor, sched: S
     return loss, loss
 
 
-def on_side_stream(device: torch.device, step: Callable[[], None]) -> None:
-    """Run ``step`` on a fresh CUDA stream joined to the current one before and after: the eager warm-up steps
-    before a CUDA graph capture run this way (PyTorch's capture recipe)."""
-    side = torch.cuda.Stream(device)
+def on_side_stream(side: torch.cuda.Stream, device: torch.device, step: Callable[[], None]) -> None:
+    """Run ``step`` on the side stream ``side``, joined to the current stream before and after: the eager warm-up
+    steps before a CUDA graph capture run this way (PyTorch's capture recipe). Keep one ``side`` per trainer: every
+    new stream gets its own cuBLAS workspace (32 MiB on Hopper), kept for the life of the process."""
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         step()
@@ -174,6 +174,7 @@ class Trainer:
         # CUDA graph: β (or γ), C(t) and the multiplier's step size as device tensors, written before each replay.
         self._sched = torch.zeros(3, device=self.device)
         self._graph: Any = None
+        self._side_stream: torch.cuda.Stream | None = None  # the warm-up steps' stream, one for the trainer's life
         self._graph_failed = False
         self._eager_steps = 0
         self._capturing = False
@@ -236,7 +237,9 @@ class Trainer:
         if self._graph is not None:
             self._graph.replay()
             return
-        on_side_stream(self.device, lambda: self._step_body(sched))  # a warm-up step, as capture wants
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        on_side_stream(self._side_stream, self.device, lambda: self._step_body(sched))  # a warm-up step, as capture wants
         self._eager_steps += 1
 
     def _capture(self, sched: ScheduleValue) -> None:

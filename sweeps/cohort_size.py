@@ -8,7 +8,8 @@
   produce (:func:`bvae_core.memory.training_memory_bytes`; batch size, latent size, architecture may be searched);
   the other half is left for evaluation batches, cuDNN workspaces, a captured graph's pool and the dataset.
 
-Why a cap of 32: measured on an H200 (torch 2.11; Burgess model, 64 px, batch 64, bf16) a cohort of 32 trains
+Why a cap of 32: on an H200 (torch 2.11; Burgess model, 64 px, batch 64, bf16; the prototype measurement the
+cohorts were built from, not yet repeated with this code: benchmarks/gpu_packing.py) a cohort of 32 trains
 104,800 img/s and one of 128 130,200 — most of the gain at a quarter of the size — while a larger cohort asks Optuna
 for more configurations before it can tell any result, so a model-based sampler learns from fewer rounds.
 """

@@ -5,6 +5,7 @@ import torch
 
 from bvae_core import NonFiniteLossError, Trainer
 from bvae_core.data import GaussianSource
+from bvae_core.trainer import GRAPH_WARMUP_STEPS
 
 
 def _image_config(arch: str, steps: int = 12) -> dict:
@@ -112,14 +113,16 @@ def test_no_host_sync_in_the_hot_loop(monkeypatch):
 def test_cuda_hot_loop_has_no_sync():
     cfg = _image_config("burgess", steps=100)
     cfg["train"]["log_every"] = 100
-    trainer = Trainer(cfg)
-    trainer.fit(2)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(10):
-            trainer._train_step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    for graphs in (False, True):
+        trainer = Trainer({**cfg, "train": {**cfg["train"], "cuda_graphs": graphs}})
+        trainer.fit(GRAPH_WARMUP_STEPS + 1)  # graphed: captured by now
+        assert (trainer._graph is not None) == graphs, "capture fell back to eager"
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(10):
+                trainer._train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
