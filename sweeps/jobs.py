@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,6 +91,9 @@ def add_job_verbs(verbs: argparse._SubParsersAction) -> None:
                        ("stop", "stop the sweep's running job cleanly (runs end KILLED; submit again to resume)")):  # fmt: skip
         v = verbs.add_parser(verb, help=text, description=text)
         v.add_argument("sweep", help="sweep name or the sweep's spec file")
+        v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="with a spec file: the --set values the sweep was submitted with (they may name "
+                            "another storage path or name)")  # fmt: skip
         _add_address(v)
         if verb == "logs":
             v.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
@@ -96,14 +101,29 @@ def add_job_verbs(verbs: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------- client side
+#: Where the Jobs API address comes from when ``--address`` is not given, in this order (http(s) values only).
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
 def resolve_address(address: str | None) -> str:
+    """``--address``, else the first http(s) value of :data:`ADDRESS_VARIABLES`, else :data:`DEFAULT_ADDRESS`."""
     if address:
         return address
-    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+    for var in ADDRESS_VARIABLES:
         value = os.environ.get(var, "")
         if value.startswith(("http://", "https://")):
             return value
     return DEFAULT_ADDRESS
+
+
+@contextlib.contextmanager
+def _without_env(*names: str) -> Iterator[None]:
+    """Unset the environment variables ``names`` for the duration of the block, then restore them."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def connect(address: str | None) -> JobSubmissionClient:
@@ -114,7 +134,8 @@ def connect(address: str | None) -> JobSubmissionClient:
     if not address.startswith(("http://", "https://")):
         raise UsageError(f"--address: expected the cluster's dashboard as http://HOST:8265, got {address!r}")
     try:
-        return JobSubmissionClient(address)
+        with _without_env(*ADDRESS_VARIABLES):  # Ray lets them override the address given: here the resolved one wins
+            return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - ConnectionError, or an HTTP error from something that is not Ray
         raise UsageError(f"--address: no Ray Jobs API answers at {address} ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); start the cluster or forward its dashboard "
@@ -138,12 +159,14 @@ def _status(job: JobDetails) -> str:
 def check_cluster_spec(spec: SweepSpec, tracking_uri: str | None) -> str | None:
     """Refuse what cannot work on a cluster; return the tracking URI to hand the driver (None: the cluster's
     ``$MLFLOW_TRACKING_URI``)."""
+    from .store import tracking_uri_given
+
     path = spec.storage.path
     if "://" not in path and not os.path.isabs(os.path.expanduser(path)):
         raise UsageError(f"storage.path: a sweep on a cluster keeps its checkpoints where every node and the next "
                          f"driver reach them: give s3://bucket/prefix (or an absolute path on a shared filesystem), "
                          f"got {path!r}")  # fmt: skip
-    uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri, _ = tracking_uri_given(tracking_uri, spec.tracking.uri)
     if uri is None:
         return None
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
@@ -202,8 +225,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"{client.get_address()}; not submitted again", file=sys.stderr)  # fmt: skip
         return follow(client, job.submission_id) if args.wait else 0
     if jobs and _status(jobs[-1]) == "SUCCEEDED":
+        where = shlex.quote(uri) if uri else "URI-OF-THE-CLUSTER'S-TRACKING-SERVER"
         print(f"sweep {spec.name} already finished as job {jobs[-1].submission_id}; nothing to do (see it with "
-              f"`bvae frontier {spec.name}`, or give a new sweep another name: --set name=…)", file=sys.stderr)  # fmt: skip
+              f"`bvae frontier {spec.name} --tracking-uri {where}`, or give a new sweep another name: "
+              f"--set name=…)", file=sys.stderr)  # fmt: skip
         return 0
     taken = {j.submission_id for j in jobs}
     attempt = len(jobs) + 1
@@ -253,7 +278,8 @@ def print_ui_link(tracking_uri: str, experiment: str) -> None:
 
 
 def follow(client: JobSubmissionClient, job_id: str) -> int:
-    """Stream the job's output until it ends; 0 when it succeeded, 1 otherwise. Ctrl+C detaches (the job goes on)."""
+    """Stream the job's output until it ends; 0 when it succeeded, 2 when its driver refused the input (exit 2),
+    1 otherwise. Ctrl+C detaches (the job goes on)."""
 
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
@@ -267,7 +293,21 @@ def follow(client: JobSubmissionClient, job_id: str) -> int:
         return 130
     status = _wait_terminal(client, job_id, 60)
     print(f"job {job_id}: {status}", file=sys.stderr)
-    return 0 if status == "SUCCEEDED" else 1
+    if status == "SUCCEEDED":
+        return 0
+    return 2 if getattr(client.get_job_info(job_id), "driver_exit_code", None) == 2 else 1  # 2: input refused
+
+
+def job_message(job: JobDetails, width: int = 160) -> str:
+    """A job's message in one line for ``status``: for a failed driver, its exit code and its last output line
+    (its error; Ray's message is a fixed text, then the log's tail), else the message's first line."""
+    lines = [line.strip() for line in (job.message or "").splitlines() if line.strip()]
+    code = getattr(job, "driver_exit_code", None)
+    if code not in (None, 0) and len(lines) > 1:
+        text = f"exit code {code}: {lines[-1]}"
+    else:
+        text = lines[0] if lines else ""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _wait_terminal(client: JobSubmissionClient, job_id: str, timeout: float) -> str:
@@ -282,19 +322,33 @@ def _wait_terminal(client: JobSubmissionClient, job_id: str, timeout: float) -> 
 
 def _find(args: argparse.Namespace) -> tuple[JobSubmissionClient, str, list[JobDetails]]:
     """(client, sweep name, its jobs) for SWEEP given as a name or a spec file; UsageError when it has none."""
-    client = connect(args.address)
-    if args.sweep.endswith((".yaml", ".yml")):
-        from .runner import sweep_key
+    is_spec = args.sweep.endswith((".yaml", ".yml"))
+    if args.overrides and not is_spec:
+        raise UsageError(f"--set: applies to a spec file, not to the sweep name {args.sweep!r}; pass the spec file "
+                         f"the sweep was submitted with")  # fmt: skip
+    spec = None
+    if is_spec:
         from .spec import load_spec
 
-        spec = load_spec(args.sweep)
-        name, jobs = spec.name, sweep_jobs(client, key=sweep_key(spec))
+        spec = load_spec(args.sweep, args.overrides)  # before connecting: a spec mistake is named first
+    client = connect(args.address)
+    if spec is not None:
+        from .runner import sweep_key
+
+        key = sweep_key(spec)
+        name, jobs = spec.name, sweep_jobs(client, key=key)
+        others = {(j.metadata or {}).get(META_KEY) for j in sweep_jobs(client, name=spec.name)} - {key}
+        if not jobs and others:
+            raise UsageError(f"sweep: no job of sweep {name!r} stored at {key} on {client.get_address()}, but "
+                             f"{len(others)} of that name stored elsewhere ({', '.join(sorted(others))}); add the "
+                             f"--set values it was submitted with, e.g. --set storage.path=…")  # fmt: skip
     else:
         name, jobs = args.sweep, sweep_jobs(client, name=args.sweep)
         keys = {(j.metadata or {}).get(META_KEY) for j in jobs}
         if len(keys) > 1:
             raise UsageError(f"sweep: {len(keys)} sweeps named {name!r} on {client.get_address()} "
-                             f"({', '.join(sorted(keys))}); pass the sweep's spec file instead")  # fmt: skip
+                             f"({', '.join(sorted(keys))}); pass the sweep's spec file instead, with the --set "
+                             f"values it was submitted with")  # fmt: skip
     if not jobs:
         raise UsageError(f"sweep: no job of a sweep {name!r} on {client.get_address()}; submit it with "
                          f"`bvae sweep submit SPEC --address {client.get_address()}`")  # fmt: skip
@@ -310,7 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     client, name, jobs = _find(args)
     rows = [[j.submission_id, (j.metadata or {}).get(META_ATTEMPT, ""), _status(j), _time(j.start_time),
-             _time(j.end_time), (j.message or "").splitlines()[0][:80] if j.message else ""] for j in jobs]  # fmt: skip
+             _time(j.end_time), job_message(j)] for j in jobs]  # fmt: skip
     print(f"sweep {name} on {client.get_address()}: {_status(jobs[-1])} (job {jobs[-1].submission_id})")
     print(format_table(["job", "attempt", "status", "started", "ended", "message"], rows))
     return 0
@@ -372,6 +426,8 @@ def drive(spec_path: str) -> int:
     if tune.Tuner.can_restore(experiment_path(spec), storage_filesystem=storage_filesystem(spec)):
         argv[1] = "resume"
     print(f"bvae job driver: {' '.join(argv)} (storage {experiment_path(spec)})", flush=True)
+    os.environ[cli.CONTINUE_HINT_ENV] = (f"bvae sweep submit SPEC (the spec of sweep {spec.name!r}, with the --set "
+                                         f"values it was submitted with): the next attempt resumes it")  # fmt: skip
     return cli.main(argv)
 
 
@@ -385,4 +441,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    try:
+        sys.exit(_main())
+    except KeyboardInterrupt:  # `bvae sweep stop` before the sweep started (its imports): nothing to save
+        print("bvae job driver: stopped before the sweep started", file=sys.stderr)
+        sys.exit(130)

@@ -5,7 +5,11 @@ head's loopback), and the versions of the image against requirements.txt."""
 
 from __future__ import annotations
 
+import http.server
+import os
 import re
+import socket
+import threading
 import tomllib
 from pathlib import Path
 
@@ -145,3 +149,75 @@ def test_submission_ids_follow_the_sweep():
     assert a == submission_id("quickstart", "s3://b/sweeps/quickstart", 1)  # the same sweep: the same job
     assert a != submission_id("quickstart", "s3://other/sweeps/quickstart", 1)  # same name, another sweep
     assert submission_id("quickstart", "s3://b/sweeps/quickstart", 2) == f"{a}-2"  # the next attempt resumes it
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A web server on 127.0.0.1 that answers 404 and records every path asked for."""
+
+    asked: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        type(self).asked.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("variable", ["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"])
+@pytest.mark.parametrize("verb", ["submit", "status"])
+def test_an_explicit_address_wins_over_the_environment(capsys, monkeypatch, variable, verb):
+    """Ray's client lets $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS replace the address it is given; the dev stack
+    exports the first, so a user's `--address` of a real cluster would have gone to the dev stack."""
+    from sweeps.cli import main
+
+    _Recorder.asked = []
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{elsewhere.server_port}")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        args = ([QUICKSTART, "--set", "storage.path=s3://bucket/sweeps", "--tracking-uri", "http://127.0.0.1:9"]
+                if verb == "submit" else ["quickstart"])  # fmt: skip
+        assert main(["sweep", verb, *args, "--address", f"http://127.0.0.1:{dead}"]) == 2
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bvae sweep: error: --address: no Ray Jobs API answers at "
+                                               f"http://127.0.0.1:{dead} "), err  # fmt: skip
+    assert _Recorder.asked == []  # the environment's address was never asked
+    assert os.environ[variable] == f"http://127.0.0.1:{elsewhere.server_port}"  # and is left as it was
+
+
+def test_set_needs_the_spec_file_for_status_logs_and_stop(capsys):
+    from sweeps.cli import main
+
+    for verb in ("status", "logs", "stop"):
+        assert main(["sweep", verb, "quickstart", "--set", "storage.path=s3://b/sweeps"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("bvae sweep: error: --set: applies to a spec file"), err
+    # with the spec file, a --set mistake is named before any cluster is asked
+    assert main(["sweep", "status", QUICKSTART, "--set", "search.trails=3", "--address", "http://127.0.0.1:9"]) == 2
+    assert "search.trails: unknown key" in capsys.readouterr().err
+
+
+def test_a_failed_jobs_status_line_shows_the_drivers_error():
+    from ray.job_submission import JobDetails, JobStatus, JobType
+
+    from sweeps.jobs import job_message
+
+    logs = "bvae job driver: sweep run bvae_job_spec.yaml\n" + "x\n" * 50 + (
+        "bvae sweep: error: storage.path: cannot write to s3://nosuchbucket/sweeps (NoSuchBucket)\n")
+    failed = JobDetails(type=JobType.SUBMISSION, entrypoint="x", status=JobStatus.FAILED, driver_exit_code=2,
+                        message=f"Job entrypoint command failed with exit code 2, last available logs (truncated to "
+                                f"20,000 chars):\n{logs}")  # fmt: skip
+    assert job_message(failed) == ("exit code 2: bvae sweep: error: storage.path: cannot write to "
+                                   "s3://nosuchbucket/sweeps (NoSuchBucket)")  # fmt: skip
+    stopped = JobDetails(type=JobType.SUBMISSION, entrypoint="x", status=JobStatus.STOPPED, message="Job was stopped.")
+    assert job_message(stopped) == "Job was stopped."
+    long = JobDetails(type=JobType.SUBMISSION, entrypoint="x", status=JobStatus.FAILED, driver_exit_code=1,
+                      message="Job entrypoint command failed with exit code 1, …:\n" + "e" * 500)  # fmt: skip
+    assert len(job_message(long)) == 160 and job_message(long).endswith("…")
