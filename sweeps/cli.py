@@ -55,12 +55,19 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///mlflow.db here)")  # fmt: skip
+
+
+#: Set by a submitted sweep's driver (``sweeps.jobs``): how to continue a sweep that runs as a Ray job.
+CONTINUE_HINT_ENV = "BVAE_CONTINUE_HINT"
 
 
 def resume_command(args: argparse.Namespace) -> str:
     """The ``bvae sweep resume`` line that continues the sweep ``args`` ran: the same spec, ``--set`` values and
-    tracking URI, quoted for a POSIX shell."""
+    tracking URI, quoted for a POSIX shell (on a cluster, the driver's :data:`CONTINUE_HINT_ENV` instead)."""
+    if os.environ.get(CONTINUE_HINT_ENV):
+        return os.environ[CONTINUE_HINT_ENV]
     words = ["bvae", "sweep", "resume", args.spec]
     for override in args.overrides:
         words += ["--set", override]
@@ -123,18 +130,18 @@ def _resolve_sweep(args: argparse.Namespace):
 
     from mlflow import MlflowClient
 
-    from .store import SweepNotFound, check_store_exists, find_sweep, resolve_tracking_uri
+    from .store import SweepNotFound, check_store_exists, find_sweep, resolve_given_tracking_uri
 
-    name, experiment, uri, key = args.sweep, args.experiment, args.tracking_uri, None
+    name, experiment, spec_uri, key = args.sweep, args.experiment, None, None
     if args.sweep.endswith((".yaml", ".yml")):
         from .runner import sweep_key
         from .spec import load_spec
 
         spec = load_spec(args.sweep)
-        name, experiment, uri, key = spec.name, experiment or spec.experiment, uri or spec.tracking.uri, sweep_key(spec)
-    uri = resolve_tracking_uri(uri, Path.cwd())
+        name, experiment, spec_uri, key = spec.name, experiment or spec.experiment, spec.tracking.uri, sweep_key(spec)
+    uri, source = resolve_given_tracking_uri(args.tracking_uri, spec_uri, Path.cwd())
     try:
-        check_store_exists(uri)
+        check_store_exists(uri, source)
         client = MlflowClient(uri)
         return client, find_sweep(client, name, experiment, sweep_key=key)
     except SweepNotFound as e:

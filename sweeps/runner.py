@@ -166,7 +166,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
 
     from .atomic_storage import unreadable_experiment_state
     from .preflight import preflight
-    from .store import FAILED, KILLED, resolve_tracking_uri
+    from .store import FAILED, KILLED, resolve_given_tracking_uri
     from .cohort_size import resolve_cohort
     from .search import build_scheduler, build_searcher, fused, optuna_study
     from .space import grid_size, planned_trials
@@ -174,7 +174,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     from .state_saves import serialize_state_saves
     from .trainable import train_trial
 
-    uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri, Path.cwd())
+    uri, _ = resolve_given_tracking_uri(tracking_uri, spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
     notes = preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
     filesystem = storage_filesystem(spec)

@@ -118,6 +118,7 @@ def resolve_tracking_uri(uri: str | None, base_dir: str | os.PathLike[str] | Non
         raise ValueError("tracking uri is empty; give a URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
     if uri.lower() in _PASSTHROUGH_SCHEMES:  # "databricks", "databricks-uc": a profile, not a path
         return uri
+    check_not_host_port(uri)
     scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", uri) else ""
 
     if scheme == "sqlite" or scheme.startswith("sqlite+"):
@@ -156,15 +157,50 @@ TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "h
                     "databricks", "databricks-uc", "uc")
 
 
+#: ``HOST:PORT`` (``127.0.0.1:5000``, ``mlflow.internal:5000/``): a server's address without ``http://``.
+_HOST_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]*:\d{1,5}/?$")
+
+
+def check_not_host_port(uri: str) -> None:
+    """Raise ValueError for a server address without its scheme: MLflow would read ``127.0.0.1:5000`` as a folder
+    and ``localhost:5000`` as a scheme, and say neither."""
+    if _HOST_PORT.match(uri):
+        raise ValueError(f"{uri!r} is a server address without its scheme; expected http://{uri.rstrip('/')} "
+                         f"(or a local path / sqlite:///FILE.db)")
+
+
 def check_scheme(uri: str) -> None:
     """Raise ValueError when ``uri`` names a scheme MLflow cannot open as a tracking store (MLflow's own error comes
     from its model registry and names neither the setting nor the schemes it takes). Bare paths pass."""
+    check_not_host_port(uri)
     if uri.lower() in _PASSTHROUGH_SCHEMES or not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", uri):
         return
     scheme = uri.split(":", 1)[0].lower()
     if len(scheme) > 1 and scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
         raise ValueError(f"unsupported scheme {scheme + ':'!r} in {uri!r}; expected a local path or one of "
                          f"{', '.join(s + ':' for s in TRACKING_SCHEMES)}")
+
+
+def tracking_uri_given(cli_uri: str | None, spec_uri: str | None = None) -> tuple[str | None, str]:
+    """The tracking URI a command was given and where it came from, by precedence: ``--tracking-uri``, the spec's
+    ``tracking.uri``, ``$MLFLOW_TRACKING_URI`` (MLflow's own variable, which ``python -m infra.devstack env``
+    exports); ``(None, "--tracking-uri")`` when none is (the caller's default: ``sqlite:///mlflow.db`` here)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI") or None
+    for uri, source in ((cli_uri, "--tracking-uri"), (spec_uri, "tracking.uri"), (env, "$MLFLOW_TRACKING_URI")):
+        if uri is not None:
+            return uri, source
+    return None, "--tracking-uri"
+
+
+def resolve_given_tracking_uri(cli_uri: str | None, spec_uri: str | None = None,
+                               base_dir: str | os.PathLike[str] | None = None) -> tuple[str, str]:  # fmt: skip
+    """:func:`tracking_uri_given`, made absolute by :func:`resolve_tracking_uri`: ``(uri, source)``; a URI that
+    cannot be resolved raises :class:`TrackingError` naming its source."""
+    uri, source = tracking_uri_given(cli_uri, spec_uri)
+    try:
+        return resolve_tracking_uri(uri, base_dir), source
+    except ValueError as exc:
+        raise TrackingError(f"{source}: {exc}") from None
 
 
 def local_sqlite_path(uri: str) -> Path | None:
@@ -195,19 +231,20 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         ) from exc
 
 
-def check_store_exists(uri: str) -> None:
-    """For commands that only read (frontier, pick): a local sqlite store must exist, a server must answer."""
+def check_store_exists(uri: str, source: str = "--tracking-uri") -> None:
+    """For commands that only read (frontier, pick): a local sqlite store must exist, a server must answer. Errors
+    name ``source``, where the URI came from (:func:`tracking_uri_given`)."""
     try:
         check_scheme(uri)
     except ValueError as exc:
-        raise SweepNotFound(f"--tracking-uri: {exc}") from None
+        raise SweepNotFound(f"{source}: {exc}") from None
     db = local_sqlite_path(uri)
     if db is not None and not db.exists():
-        raise SweepNotFound(f"--tracking-uri: no tracking store at {db}; run a sweep first or pass --tracking-uri")
+        raise SweepNotFound(f"{source}: no tracking store at {db}; run a sweep first or pass --tracking-uri")
     try:
         check_reachable(uri)
     except TrackingError as exc:
-        raise SweepNotFound(str(exc)) from None
+        raise SweepNotFound(f"{source}: {exc}") from None
 
 
 # ---------------------------------------------------------------- provenance

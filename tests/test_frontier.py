@@ -232,3 +232,23 @@ def test_pick_and_register_then_load_by_alias(finished_sweep, capsys, monkeypatc
     assert "closest is trial" in capsys.readouterr().err
     assert main(["pick", "nosuchsweep", "--rule", "knee", "--tracking-uri", uri]) == 2
     assert "no sweep named 'nosuchsweep'" in capsys.readouterr().err
+
+
+def test_mlflow_tracking_uri_is_the_default_store_and_a_bare_host_port_is_refused(finished_sweep, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    """Without --tracking-uri (and no spec naming one) frontier and pick read $MLFLOW_TRACKING_URI, as MLflow does
+    (the dev stack's `env` exports it); a URI without its scheme is one line, naming where it came from."""
+    outcome, _ = finished_sweep
+    monkeypatch.chdir(tmp_path)  # no mlflow.db here: the default store would not hold the sweep
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outcome.tracking_uri)
+    assert main(["frontier", "tinyfront", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) >= 1
+    assert main(["pick", "tinyfront", "--rule", "knee", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trial_id"]
+    assert not list(tmp_path.iterdir())  # no store made here
+    for argv, source in ((["--tracking-uri", "127.0.0.1:5000"], "--tracking-uri"), ([], "$MLFLOW_TRACKING_URI")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "127.0.0.1:5000")
+        assert main(["frontier", "tinyfront", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"bvae frontier: error: {source}: '127.0.0.1:5000' is a server address without its scheme; "
+                       f"expected http://127.0.0.1:5000 (or a local path / sqlite:///FILE.db)"], err  # fmt: skip
