@@ -51,6 +51,10 @@ class StackError(RuntimeError):
     """Something in the stack could not be started or stopped; the message says what and where its log is."""
 
 
+class StackUsageError(StackError):
+    """The command asked for something that cannot be (a port in use, a folder that is a file): exit 2."""
+
+
 # ---------------------------------------------------------------- helpers
 def _tool(name: str) -> str:
     """An executable of this Python's environment (the venv's ``bin/``), else from PATH."""
@@ -67,6 +71,16 @@ def free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host if host != "0.0.0.0" else "127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def check_port_free(option: str, host: str, port: int) -> None:
+    """A port the user chose must be free: a server already there would answer in place of the one started."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host if host != "0.0.0.0" else "127.0.0.1", port))
+        except OSError as e:
+            raise StackUsageError(f"{option}: port {port} on {host} is taken ({e.strerror}); choose another, or leave "
+                                  f"{option} out for a free one") from None  # fmt: skip
 
 
 def _answers(url: str, timeout: float = 2.0) -> bool:
@@ -201,8 +215,14 @@ def up(args: argparse.Namespace) -> dict:
     """Start the stack; return its state (URLs, pids, the environment to export)."""
     stack = Stack(args.dir)
     if any(stack.dir.glob("*.pid")):
-        raise StackError(f"a stack already runs from {stack.dir} (pid files there); `down --dir {stack.dir}` first")
+        raise StackUsageError(f"--dir: a stack already runs from {stack.dir} (pid files there); "
+                              f"`down --dir {stack.dir}` first")  # fmt: skip
     host, client = args.host, _client_host(args.host)
+    for option, port in (("--s3-port", args.s3_port), ("--mlflow-port", args.mlflow_port),
+                         ("--ray-port", args.ray_port if args.ray else 0),
+                         ("--dashboard-port", args.dashboard_port if args.ray else 0)):  # fmt: skip
+        if port:
+            check_port_free(option, host, port)
     s3_port = args.s3_port or free_port(host)
     mlflow_port = args.mlflow_port or free_port(host)
     s3_url = f"http://{client}:{s3_port}"
@@ -224,7 +244,11 @@ def up(args: argparse.Namespace) -> dict:
             state["env"] = environment(state)
         stack.wait("mlflow", pid, f"{mlflow_url}/health", 180)
     except BaseException:
-        down_stack(stack)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the clean-up short
+        try:
+            down_stack(stack, timeout=5.0)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         raise
     stack.save(state)
     return state
@@ -235,6 +259,7 @@ def _start_ray(stack: Stack, args: argparse.Namespace, state: dict) -> dict:
     port = args.ray_port or free_port(host)
     dash = args.dashboard_port or free_port(host)
     temp_dir = Path(tempfile.mkdtemp(prefix="bvr", dir="/tmp"))  # short: Ray's unix sockets live under it
+    stack.save({**state, "ray": {"temp_dir": str(temp_dir)}})  # so that a failed or interrupted `up` removes it
     argv = [_tool("ray"), "start", "--head", "--block", "--disable-usage-stats", f"--port={port}",
             f"--dashboard-host={host}", f"--dashboard-port={dash}", "--include-dashboard=true",
             f"--ray-client-server-port={free_port(host)}", f"--dashboard-agent-listen-port={free_port(host)}",
@@ -274,10 +299,11 @@ def environment(state: dict) -> dict[str, str]:
     return env
 
 
-def down_stack(stack: Stack) -> list[str]:
-    """Stop what ``up`` started from this folder (Ray first: its jobs talk to the others). Returns their names."""
+def down_stack(stack: Stack, timeout: float = 20.0) -> list[str]:
+    """Stop what ``up`` started from this folder (Ray first: its jobs talk to the others), each given ``timeout``
+    seconds to end before it is killed. Returns their names."""
     stopped = [name for name, leader in (("ray", True), ("mlflow", False), ("s3", False))
-               if stack.stop(name, leader_first=leader)]  # fmt: skip
+               if stack.stop(name, leader_first=leader, timeout=timeout)]  # fmt: skip
     temp_dir = stack.state().get("ray", {}).get("temp_dir")
     if temp_dir and Path(temp_dir).name.startswith("bvr"):
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -313,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dir", default=DEFAULT_DIR, help=f"state folder: pids, logs, database (default {DEFAULT_DIR})")
     args = parser.parse_args(argv)
     stack = Stack(args.dir)
+    if stack.dir.exists() and not stack.dir.is_dir():
+        print(f"devstack: error: --dir: {stack.dir} is a file; expected a folder (made if missing)", file=sys.stderr)
+        return 2
     try:
         if args.command == "up":
             state = up(args)
@@ -339,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
     except StackError as e:
         print(f"devstack: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, StackUsageError) else 1
+    except KeyboardInterrupt:
+        print("devstack: interrupted" + ("; what `up` had started is stopped" if args.command == "up" else ""),
+              file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -1,0 +1,85 @@
+"""``python -m infra.devstack``: a port already taken, a --dir that is a file, Ctrl+C during ``up``. Real servers
+on 127.0.0.1, started and stopped here by their process ids (the full stack under jobs: test_cluster_e2e.py)."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVSTACK = [sys.executable, "-m", "infra.devstack"]
+
+
+def _devstack(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*DEVSTACK, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("option", ["--mlflow-port", "--s3-port"])
+def test_a_port_that_is_taken_is_refused_before_anything_starts(tmp_path, option):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = _devstack("up", "--dir", str(tmp_path / "stack"), option, str(port))
+    assert up.returncode == 2, up.stderr
+    assert up.stderr.strip() == (f"devstack: error: {option}: port {port} on 127.0.0.1 is taken (Address already in "
+                                 f"use); choose another, or leave {option} out for a free one")  # fmt: skip
+    assert up.stdout == ""  # no exports of a server that is not ours
+    assert not list((tmp_path / "stack").glob("*.pid")) if (tmp_path / "stack").exists() else True
+
+
+def test_a_dir_that_is_a_file_is_one_line():
+    for command in ("up", "status", "down"):
+        result = _devstack(command, "--dir", str(ROOT / "README.md"))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (command, result.stderr)
+        assert "--dir:" in result.stderr and "is a file" in result.stderr
+
+
+def _live_members(groups: set[int]) -> list[str]:
+    """Processes of the process groups ``groups`` that are not zombies (this machine's init may reap late)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = text.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) in groups and state != "Z":
+            live.append(text.split(")", 1)[0] + ")")
+    return live
+
+
+def _bvr_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("bvr*")}
+
+
+def test_ctrl_c_during_up_stops_what_had_started(tmp_path):
+    stack = tmp_path / "stack"
+    before = _bvr_dirs()
+    proc = subprocess.Popen([*DEVSTACK, "up", "--ray", "--dir", str(stack)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (stack / "ray.pid").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (stack / "ray.pid").exists(), "the Ray head was never started"
+        pids = {p.stem: int(p.read_text().split()[0]) for p in stack.glob("*.pid")}
+        proc.send_signal(signal.SIGINT)  # mid-start: Ray's dashboard not yet answering
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run([*DEVSTACK, "down", "--dir", str(stack)], cwd=ROOT, timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("devstack: interrupted; what `up` had started is stopped")
+    assert out == ""
+    deadline = time.monotonic() + 10
+    while _live_members(set(pids.values())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _live_members(set(pids.values())), pids  # every process group it started is gone
+    assert not list(stack.glob("*.pid")) and not (stack / "state.json").exists()
+    assert _bvr_dirs() <= before  # Ray's temp folder removed too
