@@ -3,13 +3,14 @@
 - an S3-compatible server (``moto_server``) with a bucket,
 - an MLflow tracking server (SQL backend, ``--artifacts-destination s3://BUCKET/mlflow``, artifacts proxied: clients
   need no S3 credentials),
-- optionally (``--ray``) a Ray head with its dashboard / Jobs API.
+- optionally (``--ray``) a Ray head with its dashboard / Jobs API, and (``worker``) Ray worker nodes joining it.
 
 Everything binds 127.0.0.1 unless ``--host`` says otherwise; ports are free ones unless given. ``up`` prints the
 environment to export (``env`` prints it again); ``down`` stops only the processes ``up`` started (their pids are in
 ``DIR/*.pid``, each the leader of a process group of its own). Logs: ``DIR/*.log``.
 
     python -m infra.devstack up --ray          # from a clone; also: python infra/devstack.py up
+    python -m infra.devstack worker --cpus 2   # one more node (a head started with --ray-cpus 0 runs no trial)
     eval "$(python -m infra.devstack env)"
     python -m infra.devstack down
 
@@ -278,6 +279,77 @@ def _start_ray(stack: Stack, args: argparse.Namespace, state: dict) -> dict:
                     "auth_mode": args.ray_auth_mode}}  # fmt: skip
 
 
+#: ``ray start`` for a node joining a head on 127.0.0.1 of the same machine, run as ``python -c JOIN_ON_LOOPBACK
+#: start …``. Plain ``ray start --address`` cannot: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which keeps a node on
+#: loopback) it refuses to join any cluster, and without it Ray rewrites 127.0.0.1 to the machine's routable address.
+#: In this one process (not in the raylet, agents and workers it starts) joining is allowed and loopback addresses are
+#: kept as they are — Ray internals (``ray._private``), checked by tests/test_devstack.py against the pinned Ray.
+JOIN_ON_LOOPBACK = (
+    "import sys; import ray._private.ray_constants as c, ray._private.services as s; "
+    "c.ENABLE_RAY_CLUSTER = True; s.resolve_ip_for_localhost = lambda host: host; "
+    "s.get_node_ip_address = lambda address=None: '127.0.0.1'; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+
+
+def alive_nodes(dashboard: str) -> list[dict]:
+    """The ALIVE nodes of a cluster (Ray's state API through its dashboard): node_id, node_ip, resources_total, …"""
+    try:
+        with _DIRECT.open(f"{dashboard}/api/v0/nodes?limit=100", timeout=10) as response:
+            rows = json.loads(response.read())["data"]["result"]["result"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return []
+    return [n for n in rows if n.get("state") == "ALIVE"]
+
+
+def add_worker(args: argparse.Namespace) -> dict:
+    """Start one Ray worker node joining the stack's head (``--cpus`` CPUs, no GPU); return its entry of the state.
+    Returns when the head lists it ALIVE; ``down`` stops it."""
+    stack = Stack(args.dir)
+    state = stack.state()
+    if "ray" not in state or not (stack.dir / "ray.pid").exists():
+        raise StackUsageError(f"--dir: no stack with a Ray head runs from {stack.dir}; start one with `up --ray`")
+    head = state["ray"]
+    if head.get("auth_mode", "disabled") != "disabled":
+        raise StackUsageError("worker: the head uses Ray's token authentication; start the stack without "
+                              "--ray-auth-mode token to add worker nodes")  # fmt: skip
+    workers = state.setdefault("workers", [])
+    name = f"worker-{len(workers) + 1}"
+    temp_dir = Path(tempfile.mkdtemp(prefix="bvr", dir="/tmp"))  # its own: nodes sharing one share runtime_envs
+    workers.append({"name": name, "cpus": args.cpus, "temp_dir": str(temp_dir)})
+    stack.save(state)  # before it starts: `down` finds it whatever happens next
+    host = state.get("host", "127.0.0.1")
+    before = {n["node_id"] for n in alive_nodes(head["dashboard"])}
+    argv = [sys.executable, "-c", JOIN_ON_LOOPBACK, "start", "--block", "--disable-usage-stats",
+            f"--address={head['gcs_address']}", f"--node-ip-address={_client_host(host)}", f"--num-cpus={args.cpus}",
+            "--num-gpus=0", f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port(host)}",
+            f"--metrics-export-port={free_port(host)}"]  # fmt: skip
+    env = {**QUIET_ENV, **state["env"], "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
+    try:
+        pid = stack.spawn(name, argv, env)
+        deadline = time.monotonic() + 120
+        while not {n["node_id"] for n in alive_nodes(head["dashboard"])} - before:
+            if not _alive(pid) or "State:\tZ" in _status(pid):
+                raise StackError(f"{name} exited before joining; log {stack.dir / (name + '.log')}:\n"
+                                 f"{stack.tail(name)}")  # fmt: skip
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} did not join the head within 120 s; log {stack.dir / (name + '.log')}:\n"
+                                 f"{stack.tail(name)}")  # fmt: skip
+            time.sleep(0.5)
+    except BaseException:  # failed or interrupted: leave nothing of it behind
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stack.stop(name, leader_first=True, timeout=5.0)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            state["workers"].pop()
+            stack.save(state)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
+    return workers[-1]
+
+
 def _create_bucket(endpoint: str, bucket: str) -> None:
     import boto3
 
@@ -302,11 +374,14 @@ def environment(state: dict) -> dict[str, str]:
 def down_stack(stack: Stack, timeout: float = 20.0) -> list[str]:
     """Stop what ``up`` started from this folder (Ray first: its jobs talk to the others), each given ``timeout``
     seconds to end before it is killed. Returns their names."""
-    stopped = [name for name, leader in (("ray", True), ("mlflow", False), ("s3", False))
+    state = stack.state()
+    workers = [w["name"] for w in state.get("workers", [])]
+    stopped = [name for name, leader in (*((w, True) for w in workers), ("ray", True), ("mlflow", False),
+                                         ("s3", False))
                if stack.stop(name, leader_first=leader, timeout=timeout)]  # fmt: skip
-    temp_dir = stack.state().get("ray", {}).get("temp_dir")
-    if temp_dir and Path(temp_dir).name.startswith("bvr"):
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    for temp_dir in [state.get("ray", {}).get("temp_dir"), *(w.get("temp_dir") for w in state.get("workers", []))]:
+        if temp_dir and Path(temp_dir).name.startswith("bvr"):
+            shutil.rmtree(temp_dir, ignore_errors=True)
     stack.state_file.unlink(missing_ok=True)
     return stopped
 
@@ -329,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--ray-port", type=int, default=0, help="GCS port (default: a free port)")
     p_up.add_argument("--dashboard-port", type=int, default=0, help="dashboard / Jobs API port (default: free)")
     p_up.add_argument("--ray-cpus", type=int, help="CPUs the head offers trials (0 as on the cluster: add workers "
-                                                   "with `ray start --address`; default: all)")  # fmt: skip
+                                                   "with `worker`; default: all)")  # fmt: skip
     p_up.add_argument("--ray-auth-mode", default="disabled", choices=["disabled", "token"],
                       help="Ray's token authentication (clients need the same RAY_AUTH_MODE; default disabled)")
-    for p in (p_up, *(sub.add_parser(n, help=h) for n, h in (
+    p_worker = sub.add_parser("worker", help="add a Ray worker node on this machine to the stack's head (`up --ray`)")
+    p_worker.add_argument("--cpus", type=int, default=1, help="CPUs it offers trials (default 1)")
+    for p in (p_up, p_worker, *(sub.add_parser(n, help=h) for n, h in (
             ("env", "print the environment to export (eval \"$(python -m infra.devstack env)\")"),
             ("down", "stop what `up` started (by the pids it recorded)"),
             ("status", "what runs, where")))):  # fmt: skip
@@ -351,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", Ray {state['ray']['gcs_address']} (dashboard {state['ray']['dashboard']})" if "ray" in state
                      else ""), file=sys.stderr)  # fmt: skip
             print(_exports(state["env"]))
-        elif args.command == "env":
+        elif args.command == "worker":
+            if args.cpus < 1:
+                raise StackUsageError(f"--cpus: expected at least 1, got {args.cpus}")
+            worker = add_worker(args)
+            print(f"# {worker['name']} joined with {worker['cpus']} CPU(s); `down` stops it with the stack",
+                  file=sys.stderr)  # fmt: skip
             state = stack.state()
             if not state:
                 print(f"devstack: error: --dir: no stack runs from {stack.dir}", file=sys.stderr)
@@ -370,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devstack: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, StackUsageError) else 1
     except KeyboardInterrupt:
-        print("devstack: interrupted" + ("; what `up` had started is stopped" if args.command == "up" else ""),
+        print("devstack: interrupted" + (f"; what `{args.command}` had started is stopped"
+                                         if args.command in ("up", "worker") else ""),
               file=sys.stderr)  # fmt: skip
         return 130
     return 0

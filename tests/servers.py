@@ -33,6 +33,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# ``ray start`` for a node that joins a cluster on 127.0.0.1 (``python -c JOIN_ON_LOOPBACK start …``), as the dev
+# stack's ``worker`` command starts one.
+from infra.devstack import JOIN_ON_LOOPBACK as _JOIN_ON_LOOPBACK
+
 #: No calls home and no cloud metadata probes from the servers or from the clients in this process (docs/operations.md).
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -243,17 +247,6 @@ def logs_on_error(*servers: Server, chars: int = 3000):
 #: `ray start --address` refuses to join a cluster; see `_JOIN_ON_LOOPBACK`.
 RAY_NODE_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1",
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
-
-#: ``ray start`` for a node that joins a cluster on 127.0.0.1: in that one process (not in the raylet, agents and
-#: workers it starts, which keep RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), allow joining and keep loopback addresses as
-#: they are, so the node registers as 127.0.0.1 and talks to the head on 127.0.0.1 only.
-_JOIN_ON_LOOPBACK = (
-    "import sys; import ray._private.ray_constants as c, ray._private.services as s; "
-    "c.ENABLE_RAY_CLUSTER = True; s.resolve_ip_for_localhost = lambda host: host; "
-    "s.get_node_ip_address = lambda address=None: '127.0.0.1'; "
-    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
-)
-
 
 def ray_temp_dir() -> Path:
     """A short temp dir for a Ray cluster: its unix sockets live under it (107-byte path limit)."""

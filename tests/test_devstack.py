@@ -83,3 +83,35 @@ def test_ctrl_c_during_up_stops_what_had_started(tmp_path):
     assert not _live_members(set(pids.values())), pids  # every process group it started is gone
     assert not list(stack.glob("*.pid")) and not (stack / "state.json").exists()
     assert _bvr_dirs() <= before  # Ray's temp folder removed too
+
+
+def test_a_worker_node_joins_the_head_on_loopback_and_down_stops_it(tmp_path):
+    """`up --ray --ray-cpus 0` then `worker`: a two-node cluster on this machine, as on the cluster (the head runs
+    no trial), both nodes on 127.0.0.1; `down` stops the worker with the rest."""
+    import json
+
+    from infra.devstack import alive_nodes
+
+    stack = tmp_path / "stack"
+    before = _bvr_dirs()
+    try:
+        up = _devstack("up", "--ray", "--ray-cpus", "0", "--dir", str(stack), timeout=300)
+        assert up.returncode == 0, up.stderr
+        worker = _devstack("worker", "--cpus", "1", "--dir", str(stack), timeout=200)
+        assert worker.returncode == 0 and "worker-1 joined with 1 CPU(s)" in worker.stderr, worker.stderr
+        state = json.loads((stack / "state.json").read_text())
+        nodes = alive_nodes(state["ray"]["dashboard"])
+        assert {n["node_ip"] for n in nodes} == {"127.0.0.1"}, nodes  # loopback only
+        assert sorted((n["is_head_node"], n["resources_total"].get("CPU", 0)) for n in nodes) == [(False, 1), (True, 0)]
+        pids = {p.stem: int(p.read_text().split()[0]) for p in stack.glob("*.pid")}
+        assert set(pids) == {"s3", "mlflow", "ray", "worker-1"}
+        assert _devstack("worker", "--cpus", "0", "--dir", str(stack)).returncode == 2
+    finally:
+        down = _devstack("down", "--dir", str(stack), timeout=200)
+    assert down.returncode == 0 and down.stderr.startswith("stopped worker-1, ray, mlflow, s3"), down.stderr
+    deadline = time.monotonic() + 10
+    while _live_members(set(pids.values())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _live_members(set(pids.values())), pids
+    assert _bvr_dirs() <= before  # the head's and the worker's temp folders
+    assert _devstack("worker", "--dir", str(stack)).returncode == 2  # no stack: one line, exit 2
