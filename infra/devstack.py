@@ -302,6 +302,17 @@ def alive_nodes(dashboard: str) -> list[dict]:
     return [n for n in rows if n.get("state") == "ALIVE"]
 
 
+def _worker_nodes(dashboard: str, timeout: float = 0.0) -> set[str]:
+    """The ids of the cluster's ALIVE worker (non-head) nodes, once its state API lists the head (it may not yet,
+    just after ``up``): waits up to ``timeout`` seconds for that; an empty set if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = alive_nodes(dashboard)
+        if any(n.get("is_head_node") for n in nodes) or time.monotonic() >= deadline:
+            return {n["node_id"] for n in nodes if not n.get("is_head_node")}
+        time.sleep(0.5)
+
+
 def add_worker(args: argparse.Namespace) -> dict:
     """Start one Ray worker node joining the stack's head (``--cpus`` CPUs, no GPU); return its entry of the state.
     Returns when the head lists it ALIVE; ``down`` stops it."""
@@ -319,7 +330,7 @@ def add_worker(args: argparse.Namespace) -> dict:
     workers.append({"name": name, "cpus": args.cpus, "temp_dir": str(temp_dir)})
     stack.save(state)  # before it starts: `down` finds it whatever happens next
     host = state.get("host", "127.0.0.1")
-    before = {n["node_id"] for n in alive_nodes(head["dashboard"])}
+    before = _worker_nodes(head["dashboard"], timeout=30)
     argv = [sys.executable, "-c", JOIN_ON_LOOPBACK, "start", "--block", "--disable-usage-stats",
             f"--address={head['gcs_address']}", f"--node-ip-address={_client_host(host)}", f"--num-cpus={args.cpus}",
             "--num-gpus=0", f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port(host)}",
@@ -329,7 +340,7 @@ def add_worker(args: argparse.Namespace) -> dict:
     try:
         pid = stack.spawn(name, argv, env)
         deadline = time.monotonic() + 120
-        while not {n["node_id"] for n in alive_nodes(head["dashboard"])} - before:
+        while not _worker_nodes(head["dashboard"]) - before:
             if not _alive(pid) or "State:\tZ" in _status(pid):
                 raise StackError(f"{name} exited before joining; log {stack.dir / (name + '.log')}:\n"
                                  f"{stack.tail(name)}")  # fmt: skip
