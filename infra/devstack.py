@@ -247,7 +247,7 @@ def up(args: argparse.Namespace) -> dict:
     except BaseException:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the clean-up short
         try:
-            down_stack(stack, timeout=5.0)
+            down_stack(stack, timeout=5.0, job_grace=0)
         finally:
             signal.signal(signal.SIGINT, previous)
         raise
@@ -382,10 +382,39 @@ def environment(state: dict) -> dict[str, str]:
     return env
 
 
-def down_stack(stack: Stack, timeout: float = 20.0) -> list[str]:
-    """Stop what ``up`` started from this folder (Ray first: its jobs talk to the others), each given ``timeout``
-    seconds to end before it is killed. Returns their names."""
+#: Seconds ``down`` gives the Ray jobs still running to end cleanly (a sweep's driver saves its state and ends its
+#: runs KILLED in MLflow) before it stops the servers under them.
+JOB_STOP_GRACE_S = 60.0
+
+
+def stop_live_jobs(dashboard: str, grace: float = JOB_STOP_GRACE_S) -> list[str]:
+    """Ask the head's Jobs API to stop every PENDING or RUNNING job and wait up to ``grace`` seconds for them to
+    end; returns their submission ids (none when the API does not answer)."""
+    def jobs() -> list[dict]:
+        try:
+            with _DIRECT.open(f"{dashboard}/api/jobs/", timeout=10) as response:
+                return [j for j in json.loads(response.read()) if j.get("status") in ("PENDING", "RUNNING")]
+        except (urllib.error.URLError, OSError, ValueError):
+            return []
+
+    live = [j.get("submission_id") or j.get("job_id") for j in jobs()]
+    for job_id in live:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            _DIRECT.open(urllib.request.Request(f"{dashboard}/api/jobs/{job_id}/stop", method="POST"), timeout=10)
+    if live:
+        print(f"# stopping Ray job(s) {', '.join(live)} (up to {grace:.0f} s: their drivers save their state)",
+              file=sys.stderr)  # fmt: skip
+        _wait_gone(lambda: bool(jobs()), grace)
+    return live
+
+
+def down_stack(stack: Stack, timeout: float = 20.0, job_grace: float = JOB_STOP_GRACE_S) -> list[str]:
+    """Stop what ``up`` started from this folder, each given ``timeout`` seconds to end before it is killed: the
+    Ray jobs still running first (``job_grace`` seconds; a sweep's runs then end KILLED, not RUNNING), then the
+    worker nodes and the head, then MLflow and S3, which the jobs talk to. Returns the names of what it stopped."""
     state = stack.state()
+    if "ray" in state and state["ray"].get("dashboard") and job_grace > 0 and (stack.dir / "ray.pid").exists():
+        stop_live_jobs(state["ray"]["dashboard"], job_grace)
     workers = [w["name"] for w in state.get("workers", [])]
     stopped = [name for name, leader in (*((w, True) for w in workers), ("ray", True), ("mlflow", False),
                                          ("s3", False))

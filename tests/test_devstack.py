@@ -106,9 +106,25 @@ def test_a_worker_node_joins_the_head_on_loopback_and_down_stops_it(tmp_path):
         pids = {p.stem: int(p.read_text().split()[0]) for p in stack.glob("*.pid")}
         assert set(pids) == {"s3", "mlflow", "ray", "worker-1"}
         assert _devstack("worker", "--cpus", "0", "--dir", str(stack)).returncode == 2
+        # a job still running when the stack goes down is stopped through the Jobs API first: its driver gets the
+        # signal and time to end (a sweep's driver saves its state and ends its runs KILLED)
+        from ray.job_submission import JobSubmissionClient
+
+        marker = tmp_path / "job-ended-cleanly"
+        entrypoint = (f"python -c \"import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: "
+                      f"(pathlib.Path('{marker}').write_text('ok'), sys.exit(0))); print('up', flush=True); "
+                      f"time.sleep(600)\"")  # fmt: skip
+        client = JobSubmissionClient(state["ray"]["dashboard"])
+        job_id = client.submit_job(entrypoint=entrypoint)
+        deadline = time.monotonic() + 60
+        while "up" not in client.get_job_logs(job_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "up" in client.get_job_logs(job_id), client.get_job_status(job_id)
     finally:
         down = _devstack("down", "--dir", str(stack), timeout=200)
-    assert down.returncode == 0 and down.stderr.startswith("stopped worker-1, ray, mlflow, s3"), down.stderr
+    assert down.returncode == 0 and f"stopping Ray job(s) {job_id}" in down.stderr, down.stderr
+    assert marker.read_text() == "ok"
+    assert down.stderr.strip().splitlines()[-1].startswith("stopped worker-1, ray, mlflow, s3"), down.stderr
     deadline = time.monotonic() + 10
     while _live_members(set(pids.values())) and time.monotonic() < deadline:
         time.sleep(0.2)
