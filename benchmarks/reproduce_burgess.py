@@ -24,6 +24,8 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
+import platform
 import statistics
 import sys
 import time
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bvae_core import Trainer  # noqa: E402
 from bvae_core.evaluation import MI_POINTS, encode_means  # noqa: E402
+from bvae_core.trainer import resolve_device  # noqa: E402
 from bvae_core.metrics.compute import compute_metrics  # noqa: E402
 from bvae_core.metrics.utils import discrete_entropy, discrete_mutual_info, histogram_discretize  # noqa: E402
 
@@ -106,6 +109,8 @@ def one_run(size: dict[str, Any], kind: str, seed: int, out: str) -> dict[str, A
     label = f"{kind}_seed{seed}"
     out_dir = Path(out)
     _figures(trainer, history, assign, names, label, kind, out_dir)
+    print(f"  {label}: {seconds / 60:.1f} min, rate {final['rate']:.2f} nats, distortion {final['distortion']:.2f} nats",
+          flush=True)  # fmt: skip
     return {"kind": kind, "seed": seed, "seconds": seconds, "final": final, "history": history,
             "latent_factor": [names[j] for j in assign], "onset_capacity": onset}  # fmt: skip
 
@@ -195,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     kinds = ["capacity"] + [f"beta={b:g}" for b in args.betas]
     jobs = [(SIZES[args.size], kind, seed, args.out) for kind in kinds for seed in args.seeds]
+    device = resolve_device(SIZES[args.size]["device"])
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")  # fmt: skip
+    print(f"# {len(jobs)} runs of {SIZES[args.size]['steps']:,} steps on {device.type} ({device_name}), torch "
+          f"{torch.__version__}; a line per finished run", flush=True)  # fmt: skip
     started = time.perf_counter()
     if args.workers > 1 and len(jobs) > 1 and SIZES[args.size]["device"] == "cpu":
         with mp.get_context("spawn").Pool(args.workers) as pool:
@@ -202,9 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         results = [one_run(*job) for job in jobs]
     wall = time.perf_counter() - started
-    (Path(args.out) / "results.json").write_text(json.dumps({"size": args.size, "wall_s": wall, "runs": results}, indent=1))
+    (Path(args.out) / "results.json").write_text(json.dumps({"size": args.size, "device": device_name, "wall_s": wall,
+                                                             "runs": results}, indent=1))  # fmt: skip
     print(_summary(results))
-    print(f"\n{len(results)} runs in {wall / 60:.1f} min wall ({args.size}); figures and results.json in {args.out}")
+    print(f"\n{len(results)} runs in {wall / 60:.1f} min wall (size {args.size}, on {device_name}); figures and "
+          f"results.json in {args.out}")  # fmt: skip
 
 
 if __name__ == "__main__":

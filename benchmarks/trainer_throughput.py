@@ -316,6 +316,7 @@ def bench_resolution(args: argparse.Namespace, resolution: int, device: torch.de
     }
     o, p = result["ours"], result["plain"]
     e2e_utils = [u for u in (o["cpu_utilisation_end_to_end"], p["cpu_utilisation_end_to_end"]) if u is not None]
+    result["quiet_chunks"] = len(quiet)
     result["busy"] = len(quiet) < 3 or (bool(e2e_utils) and min(e2e_utils) < QUIET)
     result["verdict"] = {
         "end_to_end_not_slower": {"pass": o["end_to_end_img_s"] >= p["end_to_end_img_s"],
@@ -388,7 +389,10 @@ def print_report(report: dict[str, Any]) -> None:
               f"({100 * v['matmul_share']['value']:.1f} %) | "
               f"data ≤ {100 * TARGET_DATA_SHARE:.0f} % of step {word(v['data_share']['pass'])} "
               f"({100 * v['data_share']['value']:.1f} %)")  # fmt: skip
-        if r["busy"]:
+        if r["busy"] and r.get("quiet_chunks", 3) < 3:
+            print(f"  WARNING: only {r['quiet_chunks']} quiet chunk(s) were measured (3 wanted): too few to trust; "
+                  f"run longer (--steps) or on a quiet machine")  # fmt: skip
+        elif r["busy"]:
             print(f"  WARNING: other processes took the cores during this run (CPU utilisation < {100 * QUIET:.0f} %): "
                   f"the figures above understate this code; run again on a quiet machine")
 

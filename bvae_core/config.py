@@ -66,6 +66,16 @@ class BlobsData(_Strict):
     n_test: HeldOutCount | None = None
     split_seed: Int = 0
 
+    @model_validator(mode="after")
+    def _check_split(self) -> "BlobsData":
+        positions = self.grid**2
+        if positions < 3:
+            raise ValueError(f"dataset.grid: expected at least 2 (grid² positions: 2 held out to evaluate, the rest to "
+                             f"train), got {self.grid}")  # fmt: skip
+        if self.n_test is not None and self.n_test >= positions:
+            raise ValueError(f"dataset.n_test: expected fewer than the grid's {positions} positions, got {self.n_test}")
+        return self
+
 
 class GaussianData(_Strict):
     name: Literal["gaussian"]
@@ -220,6 +230,17 @@ class TrainSettings(_Strict):
     channels_last: bool = True
     cuda_graphs: bool = True  # on CUDA, capture the training step once as a CUDA graph and replay it
 
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_every_default(cls, data: Any) -> Any:
+        """``eval_every`` left out: every 1000 steps, or once at the end of a shorter run (``--set train.steps=200``
+        alone then works); given, it must be ≤ ``steps`` (TrainConfig says so)."""
+        if isinstance(data, dict) and "eval_every" not in data:
+            steps = data.get("steps")
+            if isinstance(steps, int) and not isinstance(steps, bool) and 0 < steps < 1_000:
+                data = {**data, "eval_every": steps}
+        return data
+
 
 class TrainConfig(_Strict):
     name: str = "bvae"
@@ -235,6 +256,9 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.eval_every: expected ≤ train.steps ({self.train.steps}), got {self.train.eval_every}")
         if self.model.arch in ("burgess", "conv") and self.dataset.name == "gaussian":
             raise ValueError(f"model.arch: expected mlp or linear for vector data (dataset gaussian), got {self.model.arch}")
+        if self.dataset.name == "gaussian" and self.model.likelihood.kind == "bernoulli":
+            raise ValueError("model.likelihood: bernoulli needs values in [0, 1]; the gaussian dataset's are real "
+                             "numbers: use {kind: gaussian, sigma: 1.0}")  # fmt: skip
         return self
 
 

@@ -81,9 +81,11 @@ def check_held_out(dataset: Dataset, n_eval: int | None) -> None:
     held_out = dataset.n_test if n_eval is None else min(n_eval, dataset.n_test)
     if held_out < 2:
         path = getattr(dataset, "path", None)
-        where = f"dataset.test_fraction: the held-out split of {path}" if path else "dataset.n_test: the held-out split"
-        raise ValueError(f"{where} has {held_out} example(s); evaluation needs at least 2 (raise test_fraction or "
-                         f"add examples)")  # fmt: skip
+        if path:
+            where, fix = f"dataset.test_fraction: the held-out split of {path}", "raise test_fraction"
+        else:
+            where, fix = "dataset.n_test: the held-out split", "raise dataset.n_test"
+        raise ValueError(f"{where} has {held_out} example(s); evaluation needs at least 2 ({fix})")
 
 
 def evaluate(model: VAE, likelihood: Likelihood, dataset: Dataset, *, batch_size: int = 512,

@@ -44,6 +44,13 @@ def _npz(tmp: Path, name: str, **arrays) -> str:
     return str(path)
 
 
+def _truncated(path: str) -> str:
+    """Cut a file to half its bytes (a copy interrupted midway)."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    return path
+
+
 def _cases(tmp: Path) -> list[tuple[str, object, str]]:
     """(what, spec mapping or raw YAML text, text the error line must contain)."""
     dead = f"127.0.0.1:{free_port()}"
@@ -76,8 +83,15 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("cohort of 0", _with("search.cohort", 0), "search.cohort"),
         ("scheduler halving by ≤ 1", _with("search.scheduler", {"metric": "nelbo", "reduction_factor": 1}),
          "search.scheduler.reduction_factor"),
-        ("metrics without factors", {**_with("base.dataset", {"name": "gaussian", "eigenvalues": [1.0, 0.5]}),
+        ("metrics without factors", {**_with("base", {**BASE, "dataset": {"name": "gaussian", "eigenvalues": [1.0, 0.5]},
+                                                      "model": {"arch": "mlp", "latent_dim": 2,
+                                                                "likelihood": {"kind": "gaussian"}}}),
                                      "eval": {"metrics": ["mig"]}}, "eval.metrics"),  # fmt: skip
+        ("real-valued data with the default Bernoulli likelihood",
+         _with("base.dataset", {"name": "gaussian", "eigenvalues": [1.0, 0.5]}),
+         "model.likelihood: bernoulli needs values in [0, 1]; the gaussian dataset's are real numbers"),
+        ("a factor grid too small to hold out 2 examples", _with("base.dataset", {"name": "blobs", "grid": 1}),
+         "dataset.grid: expected at least 2"),
         ("eval_every > steps", _with("base.train.eval_every", 100), "train.eval_every"),
         ("name escaping the storage folder", _with("name", "../../etc"), "name"),
         ("a held-out split of 1 example", {**GOOD, "base": {**file_base, "dataset": {
@@ -99,6 +113,28 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("metrics on a file without factors", {**GOOD, "eval": {"metrics": ["mig"]}, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "nofactors.npz", images=np.zeros((40, 32, 32), np.uint8))}}},
          "eval.metrics: " + str(tmp / "nofactors.npz") + " holds no factors"),
+        ("16-bit integer images", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "i16.npz", images=(np.arange(40 * 1024) % 256 - 100).reshape(40, 32, 32)
+                                         .astype(np.int16))}}},
+         "integer images must hold 0..255 (8-bit pixels) or 0/1, got int16 values -100 to"),
+        ("factors as a flat list", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "flatfactors.npz", images=np.zeros((40, 32, 32), np.uint8),
+                                         factors=np.arange(40))}}},
+         "factors must be integers [N, n_factors], one row per image"),
+        ("a cut-off .npz file", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _truncated(_npz(tmp, "cut.npz", images=np.zeros((40, 32, 32), np.uint8)))}}},
+         "cut.npz is not a readable .npz file"),
+        ("an image array the .npz does not hold", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "image_column": "pixels",
+            "path": _npz(tmp, "named.npz", images=np.zeros((40, 32, 32), np.uint8))}}},
+         "dataset.image_column: " + str(tmp / "named.npz") + " has no array 'pixels' (arrays: images)"),
+        ("factor columns for a .npz", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "factor_columns": ["shape"],
+            "path": _npz(tmp, "cols.npz", images=np.zeros((40, 32, 32), np.uint8))}}},
+         "dataset.factor_columns: applies to Parquet files"),
+        ("a file of 2 examples", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "two.npz", images=np.zeros((2, 32, 32), np.uint8))}}},
+         "holds 2 example(s); need at least 3"),
         ("NaN in the images", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "nan.npz", images=np.full((40, 32, 32), np.nan, np.float32))}}},
          "NaN or infinite"),

@@ -71,7 +71,7 @@ def test_same_config_same_numbers(tiny_config):
     ("objective.schedule.kind=cosine", "objective.schedule.kind: expected one of"),
     ("model.arch=resnet", "model.arch: input should be"),
     ("train.eval_every=1000", "train.eval_every: expected ≤ train.steps"),
-    ("dataset.n_test=64", "dataset.n_test: expected 0 < n_test < 64"),
+    ("dataset.n_test=64", "dataset.n_test: expected fewer than the grid's 64 positions, got 64"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line_naming_the_field(tiny_config, override, field, capsys):
     from sweeps.cli import main
@@ -136,3 +136,21 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_config):
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert "Broken pipe" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.parametrize("train, eval_every", [
+    ({"steps": 200}, 200),  # a short run left with the default: evaluated once, at its end
+    ({"steps": 5000}, 1000),  # the default
+    ({"steps": 200, "eval_every": 50}, 50),  # given: kept
+])  # fmt: skip
+def test_eval_every_defaults_to_at_most_the_run(train, eval_every):
+    from bvae_core.config import TrainConfig
+
+    assert TrainConfig(dataset={"name": "blobs"}, train=train).train.eval_every == eval_every
+
+
+def test_a_given_eval_every_beyond_the_run_is_still_refused():
+    from bvae_core.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"train.eval_every: expected ≤ train.steps \(200\), got 500"):
+        parse_config({"dataset": {"name": "blobs"}, "train": {"steps": 200, "eval_every": 500}})

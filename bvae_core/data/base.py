@@ -150,8 +150,11 @@ class GroundTruthDataset(Dataset):
 
     def _init_split(self, n_test: int | None, split_seed: int) -> None:
         total = self.num_combinations
+        if total < 3:
+            raise ValueError(f"dataset: {total} factor combination(s); need at least 3 (2 held out to evaluate, the "
+                             f"rest to train): use a larger grid")  # fmt: skip
         if n_test is None:
-            n_test = min(10_000, max(1, total // 10))
+            n_test = min(10_000, max(2, total // 10))  # evaluation needs 2 (evaluation.check_held_out)
         if not 0 < n_test < total:
             raise ValueError(f"dataset.n_test: expected 0 < n_test < {total} (the number of factor combinations), got {n_test}")
         g = torch.Generator().manual_seed(split_seed)

@@ -15,6 +15,7 @@ rows.
 from __future__ import annotations
 
 import io
+import zipfile
 import math
 from collections.abc import Iterator
 
@@ -55,8 +56,11 @@ def _load_npz(path: str, image_key: str) -> tuple[np.ndarray, np.ndarray | None,
         npz = np.load(io.BytesIO(raw), allow_pickle=False)
     except DataFileError:
         raise
-    except ValueError as e:
-        raise DataFileError(f"dataset.path: {path} is not a readable .npz file ({e})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # a cut-off or damaged archive
+        raise DataFileError(f"dataset.path: {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    if image_key != _IMAGE_KEYS[0] and image_key not in npz.files:  # named by the user: no guessing
+        raise DataFileError(f"dataset.image_column: {path} has no array {image_key!r} (arrays: "
+                            f"{', '.join(npz.files)})")  # fmt: skip
     keys = [image_key] if image_key in npz.files else [k for k in _IMAGE_KEYS if k in npz.files]
     if not keys:
         raise DataFileError(f"dataset.path: {path} has no image array (looked for {', '.join(_IMAGE_KEYS)}; "
@@ -130,6 +134,9 @@ class FileDataset(Dataset):
                  device: torch.device | str = "cpu"):  # fmt: skip
         suffix = path.lower().rsplit(".", 1)[-1]
         if suffix == "npz":
+            if factor_columns is not None:
+                raise DataFileError(f"dataset.factor_columns: applies to Parquet files; a .npz file holds its factors "
+                                    f"as one array named {' or '.join(_FACTOR_KEYS)} ([N, n_factors] integers)")  # fmt: skip
             images, factors, names = _load_npz(path, image_column)
         elif suffix in ("parquet", "pq"):
             images, factors, names = _load_parquet(path, image_column, factor_columns, image_shape)
@@ -137,8 +144,13 @@ class FileDataset(Dataset):
             raise DataFileError(f"dataset.path: expected a .npz or .parquet file, got {path}")
         images = _to_nchw(images, path)
         n = images.shape[0]
-        if n < 2:
-            raise DataFileError(f"dataset.path: {path} holds {n} example(s); need at least 2 for a held-out split")
+        if n < 3:
+            raise DataFileError(f"dataset.path: {path} holds {n} example(s); need at least 3 (2 held out to "
+                                f"evaluate, the rest to train)")  # fmt: skip
+        if np.issubdtype(images.dtype, np.integer) and images.size and (images.min() < 0 or images.max() > 255):
+            raise DataFileError(f"dataset.path: {path}: integer images must hold 0..255 (8-bit pixels) or 0/1, got "
+                                f"{images.dtype} values {images.min()} to {images.max()}; store other values as "
+                                f"floats")  # fmt: skip
         if images.dtype == np.bool_ or np.issubdtype(images.dtype, np.integer):
             self._scale = 1.0 if images.dtype == np.bool_ or images.max() <= 1 else 1.0 / 255.0
             self._storage = torch.from_numpy(np.ascontiguousarray(images.astype(np.uint8)))
@@ -151,8 +163,8 @@ class FileDataset(Dataset):
         scale = 1.0 if self._scale is None else self._scale
         self.value_range = (float(images.min()) * scale, float(images.max()) * scale)
         if factors is not None:
-            if factors.shape[0] != n or not np.issubdtype(factors.dtype, np.integer):
-                raise DataFileError(f"dataset.path: {path}: factors must be integers with one row per image "
+            if factors.ndim != 2 or factors.shape[0] != n or not np.issubdtype(factors.dtype, np.integer):
+                raise DataFileError(f"dataset.path: {path}: factors must be integers [N, n_factors], one row per image "
                                     f"(got {factors.dtype} of shape {factors.shape} for {n} images)")  # fmt: skip
             self.factors = torch.from_numpy(factors.astype(np.int64))
             self.factor_names = tuple(names or [f"factor{i}" for i in range(factors.shape[1])])
