@@ -32,6 +32,13 @@ class TrialRow:
     status: str = "RUNNING"
 
 
+def _param_label(key: str) -> str:
+    """A searched key as the progress line shows it: ``objective.beta`` → ``beta``,
+    ``objective.schedule.c_max`` → ``schedule.c_max``, a top-level ``seed`` as itself."""
+    _, dot, rest = key.partition(".")
+    return rest if dot else key
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
@@ -102,8 +109,7 @@ class SweepProgress(Callback):
                 + (f", ETA {_duration(eta)}" if eta is not None and done < self.total_trials else ""))  # fmt: skip
 
     def _line(self, row: TrialRow) -> str:
-        params = "  ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') == 1 else k.split('.', 1)[1]}={_short(v)}"
-                           for k, v in row.params.items())  # fmt: skip
+        params = "  ".join(f"{_param_label(k)}={_short(v)}" for k, v in row.params.items())
         elapsed = time.monotonic() - self._started
         return (f"[{elapsed:7.1f}s] trial {row.trial_id}  {params}  step {row.step}/{self.total_steps}  "
                 f"rate {row.rate:.3f}  distortion {row.distortion:.3f}  {row.status}  | {self._state()}")  # fmt: skip

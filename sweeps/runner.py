@@ -97,12 +97,12 @@ def parallel_trials(spec: SweepSpec) -> int:
 
 
 def default_concurrency(spec: SweepSpec) -> int:
-    """Ray trials at once (:func:`parallel_trials`), never more than there are trials — or cohorts of them (a
-    cohort trial trains several; ``search.cohort`` resolved)."""
+    """Ray trials at once (:func:`parallel_trials`), never more than there are trials. Not fewer with cohorts:
+    configurations that cannot share a model (another latent size, schedule kind, …) form cohorts of their own, which
+    must not wait for the first to end while a core or GPU idles; a slot no cohort fills costs nothing."""
     from .space import planned_trials
 
-    cohort = spec.search.cohort
-    return max(1, min(parallel_trials(spec), math.ceil(planned_trials(spec) / cohort)))
+    return max(1, min(parallel_trials(spec), planned_trials(spec)))
 
 
 def _rows_from_results(results, spec: SweepSpec) -> list:
@@ -146,10 +146,12 @@ def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> li
             SweepProgress(total_trials, spec.base_config.train.steps, show_params=partial(_shown_params, spec))]  # fmt: skip
 
 
-def tune_callbacks(spec: SweepSpec, callbacks: list) -> list:
-    """What Tune is given: the callbacks themselves, or with fused cohorts (possibly, for a resumed ``auto``) each
-    wrapped to see one trial per member (a plain trial passes through unchanged)."""
-    if spec.search.cohort == 1:
+def tune_callbacks(spec: SweepSpec, callbacks: list, *, restored: bool = False) -> list:
+    """What Tune is given: the callbacks themselves, or with fused cohorts each wrapped to see one trial per member
+    (a plain trial passes through unchanged). A restored sweep's are always wrapped: its trials may be cohorts
+    whatever ``search.cohort`` says now (a resumed ``auto``, or a value changed on resume, which a resumed search
+    does not follow)."""
+    if spec.search.cohort == 1 and not restored:
         return callbacks
     from .cohorts import MemberFanOut
 
@@ -188,8 +190,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
-    if resume:
-        check_resume_spec(spec, path, filesystem)  # the sweep that was started, not another one under its name
+    resume_notes = check_resume_spec(spec, path, filesystem) if resume else []  # the sweep started, not another
     trials = planned_trials(spec)
     callbacks = build_callbacks(spec, uri, trials)
     tracking, live = callbacks[0], callbacks[1]
@@ -211,8 +212,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
         if resume:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=filesystem)  # fmt: skip
-            _update_restored_tuner(tuner, tune_callbacks(spec, callbacks), path, filesystem)
+            _update_restored_tuner(tuner, tune_callbacks(spec, callbacks, restored=True), path, filesystem)
             print(f"sweep {spec.name}: resuming from {path}; tracking {uri}", file=sys.stderr, flush=True)
+            for note in resume_notes:
+                print(f"note: {note}", file=sys.stderr, flush=True)
         else:
             concurrency = default_concurrency(spec)
             searcher = build_searcher(spec, concurrency)
@@ -233,7 +236,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
                 ),
             )
             at_once = (f"{concurrency} at a time" if spec.search.cohort == 1 else
-                       f"in fused cohorts of up to {spec.search.cohort}, {concurrency} cohorts at a time"
+                       f"in fused cohorts of up to {spec.search.cohort}, up to {concurrency} "
+                       f"cohort{'s' if concurrency > 1 else ''} at a time"
                        + (", each member stopped early on its own" if spec.search.scheduler else ""))  # fmt: skip
             if choice is not None:
                 at_once += f" (search.cohort auto: {choice.size}, {choice.why})"

@@ -75,17 +75,22 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> None:
-    """Raise ``SpecError`` when ``spec`` would resume the sweep in ``experiment_dir`` as another sweep."""
+def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> list[str]:
+    """Raise ``SpecError`` when ``spec`` would resume the sweep in ``experiment_dir`` as another sweep; return notes
+    on the values that may change but that a resume does not follow (``search.cohort``)."""
     try:
         started = load_started_spec(experiment_dir, filesystem)
     except (OSError, yaml.YAMLError):
-        return  # unreadable: the resume goes on as before this file existed
+        return []  # unreadable: the resume goes on as before this file existed
     if started is None:
-        return
+        return []
     differences = spec_differences(started, spec.raw)
     if not differences:
-        return
+        cohorts = [flatten_dotted(d).get("search.cohort", "auto") for d in (started, spec.raw)]
+        if cohorts[0] != cohorts[1]:
+            return [f"search.cohort: a resumed search keeps the cohorts it started with ({_shown(cohorts[0])}); "
+                    f"{_shown(cohorts[1])} applies to a new sweep"]  # fmt: skip
+        return []
     shown = "; ".join(f"{k}: started with {_shown(s)}, given {_shown(g)}" for k, s, g in differences[:4])
     more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
     sets = " ".join(f"--set {shlex.quote(f'{k}={_shown(s)}')}" for k, s, _ in differences[:4] if s is not None)

@@ -59,3 +59,15 @@ def test_auto_on_a_gpu_nobody_can_probe_trains_without_cohorts_and_says_why(loca
     monkeypatch.setattr(cohort_size, "PROBE_TIMEOUT_S", 2.0)
     with pytest.raises(RuntimeError, match=r"no GPU worker answered within 2 s \(the cluster has no GPU now\)"):
         cohort_size.gpu_free_bytes(1.0, local=False)
+
+
+def test_cohorts_that_cannot_share_run_side_by_side(tmp_path):
+    """A cohort size at or above the trial count once capped the sweep at one Ray trial at a time — also an explicit
+    search.concurrency — though configurations of another latent size form a cohort of their own, which then waited
+    for the first while a core idled."""
+    from sweeps.runner import default_concurrency
+
+    search = {"trials": 3, "cohort": 1000, "concurrency": 2, "space": {"model.latent_dim": {"choice": [2, 4]}}}
+    assert default_concurrency(parse_spec(make_spec(tmp_path, "split", search))) == 2
+    one_trial = {**search, "trials": 1, "space": {"objective.beta": {"uniform": [1, 2]}}}
+    assert default_concurrency(parse_spec(make_spec(tmp_path, "single", one_trial))) == 1  # never more than trials

@@ -234,12 +234,16 @@ def test_a_cohort_raising_mid_training_resumes_mid_cohort_to_a_clean_runs_number
 
 
 @pytest.mark.slow
-def test_a_cohort_sweep_killed_then_resumed_has_one_run_per_member(tmp_path):
+@pytest.mark.parametrize("moment, resume_with", [
+    ("final_frontier", []),
+    ("first_report", ["--set", "search.cohort=1"]),  # a resume that sets cohort 1 still meets cohort trials
+])  # fmt: skip
+def test_a_cohort_sweep_killed_then_resumed_has_one_run_per_member(tmp_path, moment, resume_with):
     data = _cohort_spec(tmp_path, "killed", trials=3)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
-    killed = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"kill_driver_at": "final_frontier"})
+    killed = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"kill_driver_at": moment})
     assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml", *resume_with)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "3/3 trials completed" in resumed.stdout
     client, parent, runs = _runs(data["tracking"]["uri"], "killed", str(tmp_path / "ray_results" / "killed"))

@@ -209,7 +209,12 @@ def test_a_resume_is_checked_against_the_spec_the_sweep_was_started_with(tmp_pat
     moved.update(resources={"cpu": 2, "gpu": 1}, ray={"address": "auto"}, tracking={"uri": "http://127.0.0.1:5000"},
                  storage={"path": "s3://b/p"})  # fmt: skip
     moved["search"]["max_failures"] = 3
-    check_resume_spec(parse_spec(moved), folder, atomic_local_filesystem())  # another cluster, store, storage
+    assert check_resume_spec(parse_spec(moved), folder, atomic_local_filesystem()) == []  # another cluster, …
+    recohorted = copy.deepcopy(SPEC)
+    recohorted["search"]["cohort"] = 4  # allowed, but the resumed search keeps its own: the user is told
+    assert check_resume_spec(parse_spec(recohorted), folder, atomic_local_filesystem()) == [
+        f"search.cohort: a resumed search keeps the cohorts it started with "
+        f"({SPEC['search'].get('cohort', 'auto')}); 4 applies to a new sweep"]
     other = copy.deepcopy(SPEC)
     other["search"]["trials"] = SPEC["search"]["trials"] + 5
     other["base"]["objective"] = {"beta": 7.5}

@@ -125,6 +125,20 @@ def test_diverging_trial_fails_and_the_others_finish(local_ray, tmp_path, capsys
     assert "RUNNING" not in {r.info.status for r in children}
 
 
+def test_a_top_level_key_such_as_the_seed_can_be_searched(local_ray, tmp_path, capsys):
+    """`seed` has no dot: its progress line once raised IndexError at the first report."""
+    data = make_spec(tmp_path, "seeds", {"trials": 2, "sampler": "grid", "space": {"seed": {"choice": [0, 1]}}})
+    data["base"] = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 100}}
+    outcome = run_sweep(parse_spec(data))
+    err = capsys.readouterr().err
+    assert "seed=0" in err and "seed=1" in err
+    client, parent, children = runs_of(data, outcome)
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
+    assert {r.info.status for r in children} == {"FINISHED"} and parent.info.status != "RUNNING"
+    rates = {r.data.params["seed"]: r.data.metrics["rate"] for r in children}
+    assert rates["0"] != rates["1"]  # the seed reached the trainer
+
+
 def test_scheduler_stopped_trial_is_pruned(local_ray, tmp_path, capsys):
     base = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 400}}
     data = make_spec(tmp_path, "asha", {
