@@ -55,6 +55,7 @@ class SweepProgress(Callback):
                  show_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None):  # fmt: skip
         self.total_trials, self.total_steps = total_trials, total_steps
         self.rows: dict[str, TrialRow] = {}
+        self._ended_before: set[str] | None = None  # trials that had ended before this driver (a resume); None: unread
         self._stream = stream
         self._show_params = show_params
         self._started = time.monotonic()
@@ -65,7 +66,7 @@ class SweepProgress(Callback):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_ended_before": None, **state})
         self._started = time.monotonic()  # a resumed driver measures its own pace
 
     @property
@@ -96,10 +97,12 @@ class SweepProgress(Callback):
     def eta_seconds(self) -> float | None:
         """Seconds left at the pace so far (training steps per second over all trials), or None before any step."""
         elapsed = time.monotonic() - self._started
-        work = sum(self.total_steps if r.status != "RUNNING" else r.step for r in self.rows.values())
+        before = self._ended_before or set()  # trained before this driver: not part of its pace
+        work = sum(self.total_steps if r.status != "RUNNING" else r.step for r in self.rows.values()
+                   if r.trial_id not in before)  # fmt: skip
         if work <= 0 or elapsed <= 0:
             return None
-        left = self.total_trials * self.total_steps - work
+        left = (self.total_trials - len(before)) * self.total_steps - work
         return max(0.0, left) / (work / elapsed)
 
     def _state(self) -> str:
@@ -117,8 +120,28 @@ class SweepProgress(Callback):
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
+    @staticmethod
+    def _fill(row: TrialRow, result: dict[str, Any] | None) -> None:
+        if result:
+            row.step = int(result.get("step", row.step))
+            row.rate, row.distortion = result.get("rate", row.rate), result.get("distortion", row.distortion)
+
     # -- Tune hooks ---------------------------------------------------------------------------------------------
+    def on_step_end(self, iteration, trials, **info):
+        """Once, at the first step: count the trials that ended before this driver (a resumed sweep's), quietly."""
+        if self._ended_before is not None:
+            return
+        self._ended_before = set()
+        for trial in trials:
+            if trial.trial_id in self.rows or trial.status not in ("TERMINATED", "ERROR"):
+                continue
+            row = self._row(trial)
+            self._fill(row, trial.last_result)
+            row.status = "ERROR" if trial.status == "ERROR" else trial_outcome(trial.last_result).label
+            self._ended_before.add(trial.trial_id)
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        (self._ended_before or set()).discard(trial.trial_id)  # an errored trial a resume trains again
         row = self._row(trial)
         row.status = "RUNNING"
         self._print(f"[{time.monotonic() - self._started:7.1f}s] trial {trial.trial_id} started  | {self._state()}")
@@ -138,6 +161,7 @@ class SweepProgress(Callback):
 
     def _finish(self, trial, status: str, reason: str = "") -> None:
         row = self._row(trial)
+        self._fill(row, trial.last_result)  # (a member stopped before a resume has had no result in this driver)
         row.status = status
         line = self._line(row)
         if reason:  # why it failed, on the line a user reads (its run carries it as bvae.reason too)

@@ -190,3 +190,35 @@ def test_every_benchmark_imports_against_the_current_package(script, monkeypatch
 
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     importlib.import_module(script)
+
+
+def test_a_resumed_sweeps_progress_counts_the_trials_that_ended_before_it():
+    """A resumed driver's progress starts empty: trials that ended before it were never counted (its last line said
+    6/8 done, the summary 8/8), and a member pruned before it ended with `step 0 … rate nan`."""
+    import io
+    from types import SimpleNamespace
+
+    from sweeps.progress import SweepProgress
+
+    def trial(trial_id, status, result=None):
+        return SimpleNamespace(trial_id=trial_id, status=status, config={"objective.beta": 1.0}, last_result=result)
+
+    done = {"step": 100, "rate": 1.0, "distortion": 2.0, DONE_KEY: True}
+    pruned = {"step": 50, "rate": 3.0, "distortion": 4.0, DONE_KEY: False}
+    ended = [trial("a", "TERMINATED", done), trial("b", "TERMINATED", pruned)]
+    running = trial("c", "PENDING")
+    out = io.StringIO()
+    progress = SweepProgress(3, 100, stream=out)
+    progress.on_step_end(0, [*ended, running])
+    assert out.getvalue() == ""  # quietly
+    assert progress.counts() == (2, 0, 1)
+    assert (progress.rows["b"].step, progress.rows["b"].rate, progress.rows["b"].status) == (50, 3.0, "PRUNED")
+    progress.on_trial_start(0, [], running)
+    progress.on_trial_result(0, [], running, {"step": 50, "rate": 1.5, "distortion": 2.5})
+    assert "2/3 done, 1 running, 0 pending" in out.getvalue().splitlines()[-1]
+    running.last_result = {**done, "rate": 1.5}
+    progress.on_trial_complete(0, [], running)
+    assert out.getvalue().splitlines()[-1].endswith("| 3/3 done, 0 running, 0 pending")
+    late = trial("d", "TERMINATED", pruned)  # a member whose end this driver reports without a result of its own
+    progress.on_trial_complete(0, [], late)
+    assert progress.rows["d"].step == 50 and progress.rows["d"].rate == 3.0
