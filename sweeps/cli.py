@@ -273,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bvae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"bvae {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "sweep" and getattr(args, "func", None) is _cmd_sweep:  # a second Ctrl+C, or during start
+            hint = f"; what Tune had saved resumes with: {resume_command(args)}"
+        print(f"bvae {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader stopped reading (`bvae frontier --json | head`): not an error of ours
         _silence_stdout()

@@ -21,6 +21,8 @@ from sweeps.spec import parse_spec
 from sweeps.store import child_runs, find_parent_run
 from test_sweep import GAUSSIAN_BASE
 
+ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
+
 BASE = GAUSSIAN_BASE  # tiny linear VAEs on a Gaussian source: seconds a trial
 
 
@@ -394,3 +396,19 @@ def test_the_parent_run_ends_failed_when_ray_cannot_start(tmp_path, monkeypatch)
     client = MlflowClient(data["tracking"]["uri"])
     parent = find_parent_run(client, "noray", str(tmp_path / "ray_results" / "noray"))
     assert parent is not None and parent.info.status == "FAILED"
+
+
+def test_a_ctrl_c_that_cuts_the_sweep_short_still_names_the_resume(tmp_path, monkeypatch, capsys):
+    """A second Ctrl+C (Tune stops at once) or one during start-up reaches the command as KeyboardInterrupt: the
+    line still says how to continue from what was saved, with the run's --set values."""
+    from sweeps import cli
+
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_sweep", cut_short)
+    spec = ROOT_CONFIGS / "quickstart.yaml"
+    assert cli.main(["sweep", "run", str(spec), "--set", "search.trials=3"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bvae sweep: interrupted; what Tune had saved resumes with: bvae sweep resume {spec} "
+                   f"--set search.trials=3"], err  # fmt: skip
