@@ -295,7 +295,10 @@ def main() -> None:
     if args.worker:
         worker()
         return
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:  # cuda asked for where there is none: one line
+        raise SystemExit(f"--device: {str(e).split(': ', 1)[-1]}") from None
     cpu = device.type == "cpu"
     args.device = device.type
     args.resolution = args.resolution or (32 if cpu else 64)

@@ -99,7 +99,7 @@ def bench_layer(layer: nn.Module, shape: tuple[int, ...], reps: int) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--resolution", type=int, default=32, choices=[32, 64])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--reps", type=int, default=50, help="timings per layer and variant (median)")

@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         if n not in METRIC_NAMES:
             ap.error(f"--metrics: unknown metric {n!r}; expected {', '.join(METRIC_NAMES)}")
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:  # cuda asked for where there is none: one line
+        raise SystemExit(f"--device: {str(e).split(': ', 1)[-1]}") from None
     if args.threads and device.type == "cpu":
         torch.set_num_threads(args.threads)
 

@@ -436,7 +436,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:  # cuda asked for where there is none: one line
+        raise SystemExit(f"--device: {str(e).split(': ', 1)[-1]}") from None
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     load_before = os.getloadavg()[0]
