@@ -44,6 +44,15 @@ def _npz(tmp: Path, name: str, **arrays) -> str:
     return str(path)
 
 
+def _parquet(tmp: Path, name: str, **columns) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp / name
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
 def _truncated(path: str) -> str:
     """Cut a file to half its bytes (a copy interrupted midway)."""
     data = Path(path).read_bytes()
@@ -135,6 +144,12 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("a file of 2 examples", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "two.npz", images=np.zeros((2, 32, 32), np.uint8))}}},
          "holds 2 example(s); need at least 3"),
+        ("a Parquet file of no rows", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _parquet(tmp, "empty.parquet", image=[[0.0] * 4][:0])}}},
+         "empty.parquet holds no rows"),
+        ("Parquet rows of different sizes", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _parquet(tmp, "ragged.parquet", image=[[0.0] * 1024] * 20 + [[0.0] * 900] * 20)}}},
+         "every row must hold an image of one shape"),
         ("NaN in the images", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "nan.npz", images=np.full((40, 32, 32), np.nan, np.float32))}}},
          "NaN or infinite"),

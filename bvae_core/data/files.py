@@ -91,16 +91,20 @@ def _load_parquet(path: str, image_column: str, factor_columns: list[str] | None
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(_open_bytes(path)))
+        table = pq.read_table(pa.BufferReader(_open_bytes(path)))  # an Arrow buffer, not a Python file object:
+        # read_table on io.BytesIO leaves work that needs the GIL at exit (apache/arrow#33975, #34314: rc 134)
     except pa.ArrowInvalid as e:
         raise DataFileError(f"dataset.path: {path} is not a readable Parquet file ({e})") from None
+    if table.num_rows == 0:
+        raise DataFileError(f"dataset.path: {path} holds no rows")
     if image_column not in table.column_names:
         raise DataFileError(f"dataset.image_column: {path} has no column {image_column!r} "
                             f"(columns: {', '.join(table.column_names)})")  # fmt: skip
     try:
         images = np.stack([_decode_image(v, image_shape) for v in table.column(image_column).to_pylist()])
-    except (ValueError, OSError) as e:
-        raise DataFileError(f"dataset.image_column: cannot decode column {image_column!r} of {path}: {e}") from None
+    except (ValueError, OSError, TypeError) as e:  # undecodable bytes, rows of other sizes, nulls
+        raise DataFileError(f"dataset.image_column: cannot decode column {image_column!r} of {path} ({e}); every row "
+                            f"must hold an image of one shape (PNG bytes or a list of numbers)") from None  # fmt: skip
     if factor_columns is None:
         factor_columns = [c for c in table.column_names
                           if c != image_column and pa.types.is_integer(table.schema.field(c).type)]  # fmt: skip
