@@ -88,7 +88,7 @@ def test_metrics_need_a_dataset_with_factors():
 
     with pytest.raises(SpecError, match="eval.metrics: not available on the dataset 'gaussian': it has no ground-truth factors"):
         parse_spec({"name": "x", "base": {"dataset": {"name": "gaussian", "eigenvalues": [1.0]},
-                                          "model": {"arch": "linear"}},
+                                          "model": {"arch": "linear", "likelihood": {"kind": "gaussian"}}},
                     "search": {"space": {"objective.beta": {"uniform": [1, 2]}}},
                     "eval": {"metrics": ["mig"]}})  # fmt: skip
     on_file = {"name": "x", "base": {"dataset": {"name": "file", "path": "d.npz"}},
