@@ -57,6 +57,7 @@ def _bvr_dirs() -> set[str]:
     return {p.name for p in Path("/tmp").glob("bvr*")}
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_up_stops_what_had_started(tmp_path):
     stack = tmp_path / "stack"
     before = _bvr_dirs()
@@ -85,6 +86,7 @@ def test_ctrl_c_during_up_stops_what_had_started(tmp_path):
     assert _bvr_dirs() <= before  # Ray's temp folder removed too
 
 
+@pytest.mark.slow
 def test_a_worker_node_joins_the_head_on_loopback_and_down_stops_it(tmp_path):
     """`up --ray --ray-cpus 0` then `worker`: a two-node cluster on this machine, as on the cluster (the head runs
     no trial), both nodes on 127.0.0.1; `down` stops the worker with the rest."""
