@@ -400,7 +400,8 @@ def stop_live_jobs(dashboard: str, grace: float = JOB_STOP_GRACE_S) -> list[str]
     live = [j.get("submission_id") or j.get("job_id") for j in jobs()]
     for job_id in live:
         with contextlib.suppress(urllib.error.URLError, OSError):
-            _DIRECT.open(urllib.request.Request(f"{dashboard}/api/jobs/{job_id}/stop", method="POST"), timeout=10)
+            stop = urllib.request.Request(f"{dashboard}/api/jobs/{job_id}/stop", method="POST")
+            _DIRECT.open(stop, timeout=10).close()
     if live:
         print(f"# stopping Ray job(s) {', '.join(live)} (up to {grace:.0f} s: their drivers save their state)",
               file=sys.stderr)  # fmt: skip

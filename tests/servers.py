@@ -36,6 +36,7 @@ from pathlib import Path
 # ``ray start`` for a node that joins a cluster on 127.0.0.1 (``python -c JOIN_ON_LOOPBACK start …``), as the dev
 # stack's ``worker`` command starts one.
 from infra.devstack import JOIN_ON_LOOPBACK as _JOIN_ON_LOOPBACK
+from infra.devstack import alive_nodes  # noqa: F401 - the ALIVE nodes of a cluster, for the tests too
 
 #: No calls home and no cloud metadata probes from the servers or from the clients in this process (docs/operations.md).
 QUIET_ENV = {
@@ -335,17 +336,6 @@ def start_ray_worker(tmp: Path, head: RayNode, *, num_cpus: int = 2, name: str =
         time.sleep(0.5)
     node.stop()
     raise ServerFailed(server, f"did not join {head.gcs_address} within {timeout:.0f} s")
-
-
-def alive_nodes(dashboard_url: str) -> list[dict]:
-    """The ALIVE nodes of a cluster (Ray's state API through the dashboard): node_id, node_ip, resources_total…"""
-    import json
-
-    body = _answers(f"{dashboard_url}/api/v0/nodes?limit=100", timeout=10)
-    if body is None:
-        return []
-    rows = json.loads(body)["data"]["result"]["result"]
-    return [n for n in rows if n.get("state") == "ALIVE"]
 
 
 class FlakyProxy(http.server.ThreadingHTTPServer):
