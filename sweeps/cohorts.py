@@ -31,8 +31,8 @@ from ray.tune.search import Searcher
 
 from bvae_core.cohort import cohort_key
 
-from .member_scheduler import evaluation_index, evaluations, start_rungs_actor
-from .space import DefineByRun
+from .member_scheduler import evaluation_index, start_rungs_actor
+from .space import DefineByRun, most_evaluations
 from .spec import SweepSpec
 
 
@@ -209,8 +209,8 @@ class CohortSearch(Searcher):
         self._told: set[int] = set()
         # Early stopping per member (sweeps.member_scheduler): the rungs actor and what it has recorded.
         self._scheduler = spec.search.scheduler
-        train = spec.base_config.train
-        self._eval_every, self._max_evaluations = train.eval_every, evaluations(train.steps, train.eval_every)
+        self._max_evaluations = most_evaluations(spec)
+        self._eval_every: dict[int, int] = {}  # member trial number → its train.eval_every
         self._rungs_name = rungs_actor_name(spec)
         self._records: dict[tuple[str, int], tuple[float, bool]] = {}  # (member, evaluation) → (value, stopped)
         self._rungs: Any = None
@@ -223,9 +223,19 @@ class CohortSearch(Searcher):
         return True
 
     def _key(self, params: dict[str, Any]) -> str:
+        return cohort_key(self._config(params))
+
+    def _config(self, params: dict[str, Any]) -> Any:
         from .spec import parse_spec
 
-        return cohort_key(parse_spec(self._spec_raw).trial_config(params))
+        return parse_spec(self._spec_raw).trial_config(params)
+
+    def _member_eval_every(self, number: int) -> int:
+        """A member's own ``train.eval_every`` (the space may search it), worked out once per member."""
+        known = self.__dict__.setdefault("_eval_every", {})  # a searcher saved before this field lacks it
+        if number not in known:
+            known[number] = self._config(self._params[number]).train.eval_every
+        return known[number]
 
     def _ask(self) -> tuple[int, str]:
         trial = self._study.ask()
@@ -285,7 +295,7 @@ class CohortSearch(Searcher):
                 self._tell(number, own, error=False)
             if self._scheduler is None or not isinstance(own.get(self._scheduler.metric), (int, float)):
                 continue
-            evaluation = evaluation_index(own.get("step", 0), self._eval_every)
+            evaluation = evaluation_index(own.get("step", 0), self._member_eval_every(number))
             self._records.setdefault((member_id(trial_id, j), evaluation), (float(own[self._scheduler.metric]),
                                                                             bool(own.get(STOPPED_KEY))))  # fmt: skip
 

@@ -79,6 +79,22 @@ def in_sample_note(spec: SweepSpec, file_rows: int | None) -> str | None:
             f"read{'s' if len(held_out) == 1 else ''} as in-sample fit (disentanglement_lib's protocol)")
 
 
+def scheduler_note(spec: SweepSpec) -> str | None:
+    """A line for the sweep's start when ``search.scheduler`` can stop nothing: ASHA's first rung
+    (``grace_period`` evaluations) is at or past the last evaluation of every trial."""
+    settings = spec.search.scheduler
+    if settings is None:
+        return None
+    from .space import most_evaluations
+
+    most = most_evaluations(spec)
+    if settings.grace_period < most:
+        return None
+    return (f"search.scheduler: grace_period {settings.grace_period} ≥ the {most} evaluation{'s' if most > 1 else ''} "
+            f"a trial makes at most (train.steps / train.eval_every), so no trial can be stopped early; lower "
+            f"grace_period or evaluate more often (a smaller train.eval_every)")
+
+
 def check_tracking(uri: str) -> None:
     """The tracking URI must name a store MLflow opens, and an http(s) server must answer (``/health``), before
     anything starts."""
@@ -170,4 +186,4 @@ def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
     check_storage(spec.storage.path)
     file_rows = check_data(spec)
     check_tracking(tracking_uri)
-    return [note for note in (in_sample_note(spec, file_rows),) if note]
+    return [note for note in (in_sample_note(spec, file_rows), scheduler_note(spec)) if note]

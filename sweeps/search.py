@@ -16,10 +16,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .member_scheduler import evaluations as _evaluations
 from .outcome import trial_outcome
 from .searcher_state import SweepSearchGenerator
-from .space import DefineByRun, grid_values, planned_trials
+from .space import DefineByRun, grid_values, most_evaluations, planned_trials
 from .spec import SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ def build_scheduler(spec: SweepSpec) -> TrialScheduler | None:
     settings = spec.search.scheduler
     if settings is None or fused(spec):
         return None
-    evaluations = _evaluations(spec.base_config.train.steps, spec.base_config.train.eval_every)
+    evaluations = most_evaluations(spec)
     return ASHAScheduler(time_attr="training_iteration", metric=settings.metric, mode=settings.mode,
                          max_t=evaluations, grace_period=min(settings.grace_period, evaluations),
                          reduction_factor=settings.reduction_factor)  # fmt: skip

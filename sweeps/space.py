@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from typing import Any
 
 import optuna
 
-from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, nested_distributions,
-                   parse_distribution)
+from bvae_core.config import ConfigError, parse_config, set_dotted
+
+from .member_scheduler import evaluations
+from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, is_distribution,
+                   nested_distributions, parse_distribution, representative)
 
 
 class DefineByRun:
@@ -54,3 +59,32 @@ def planned_trials(spec: SweepSpec) -> int:
     """The trials the sweep will run: ``search.trials``, at most the grid's size for the grid sampler."""
     trials = spec.search.trials
     return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
+
+
+_EVALUATION_PATHS = ("train", "train.steps", "train.eval_every")  # the search paths that set a trial's evaluations
+
+
+def _corners(value: Any) -> list[Any]:
+    """The values a search path's distribution can take at its ends: each choice option's low and high end."""
+    options = value["choice"] if is_distribution(value) and "choice" in value else [value]
+    return [representative(option, pick) for option in options for pick in ("low", "high")]
+
+
+def most_evaluations(spec: SweepSpec) -> int:
+    """The most evaluations a trial of the sweep makes (``ceil(train.steps / train.eval_every)``) over every
+    value the search space gives those fields: an early-stopping scheduler's ``max_t``, so that a trial searched to
+    more steps than ``base`` is not stopped at ``base``'s last evaluation."""
+    train = spec.base_config.train
+    most = evaluations(train.steps, train.eval_every)
+    space = spec.raw["search"]["space"]
+    paths = [p for p in space if p in _EVALUATION_PATHS]
+    for corner in itertools.product(*(_corners(space[p]) for p in paths)):
+        data = copy.deepcopy(spec.base)
+        for path, value in sorted(zip(paths, corner), key=lambda pv: pv[0].count(".")):
+            set_dotted(data, path, value)
+        try:
+            train = parse_config(data).train
+        except ConfigError:
+            continue  # e.g. eval_every > steps at this corner: no trial takes both
+        most = max(most, evaluations(train.steps, train.eval_every))
+    return most

@@ -119,6 +119,23 @@ def test_a_searchers_member_records_seed_a_new_rungs_actor_on_resume(local_ray, 
     ray.kill(ray.get_actor(name))
 
 
+def test_a_members_evaluations_count_its_own_searched_interval(local_ray, tmp_path):
+    """``train.eval_every`` searched: the driver kept a member's result at step 100 as its first evaluation (the
+    base config's interval) while the trial had asked the rungs about its second, so a resume replayed the
+    decisions against the wrong rungs; and the rungs ended at the base config's last evaluation."""
+    import ray
+
+    space = {**SPACE, "train.eval_every": {"choice": [50]}, "train.steps": {"choice": [600]}}
+    data = _cohort_spec(tmp_path, "interval", trials=2, space=space, scheduler={"metric": "nelbo", "grace_period": 1})
+    spec = parse_spec(data)
+    search = CohortSearch(spec, make_sampler(spec), trials=2)
+    assert search._max_evaluations == 12  # 600 steps every 50, not the base's 300 every 100
+    search.suggest("t0")
+    search.on_trial_result("t0", {"members/0/nelbo": 3.0, "members/0/step": 100})
+    assert list(search._records) == [("t0-0", 2)]
+    ray.kill(ray.get_actor(search._rungs_name))
+
+
 def test_a_scheduler_stops_members_of_a_cohort_one_by_one(local_ray, tmp_path):
     base = {**GAUSSIAN_BASE, "model": {**GAUSSIAN_BASE["model"], "latent_dim": 2},
             "train": {**GAUSSIAN_BASE["train"], "steps": 400}}  # fmt: skip

@@ -277,3 +277,43 @@ def test_the_sweep_notes_held_out_metrics_tested_on_their_training_points(datase
     data = {**SPEC, "base": {**SPEC["base"], "dataset": dataset}, "eval": {"metrics": metrics}}
     note = in_sample_note(parse_spec(data), None)
     assert note == noted or (noted in note and "in-sample" in note)
+
+
+@pytest.mark.parametrize(("train", "space", "most"), [
+    ({"steps": 100, "eval_every": 50}, {}, 2),
+    ({"steps": 100, "eval_every": 50}, {"train.steps": {"int": [100, 400]}}, 8),  # searched longer than base
+    ({"steps": 100, "eval_every": 50}, {"train.steps": {"choice": [50, 300]}}, 6),
+    ({"steps": 400, "eval_every": 100}, {"train.eval_every": {"choice": [20, 100]}}, 20),
+    ({"steps": 100, "eval_every": 50}, {"train.steps": {"choice": [100, 200]}, "train.eval_every": {"int": [10, 50]}}, 20),
+    ({"steps": 100, "eval_every": 50}, {"train": {"choice": [{"steps": 100, "eval_every": 50},
+                                                             {"steps": 900, "eval_every": 100}]}}, 9),
+    ({"steps": 500}, {"train.steps": {"choice": [500, 3000]}}, 3),  # eval_every left out: every 1000 steps
+])
+def test_the_scheduler_counts_the_most_evaluations_any_trial_of_the_space_makes(train, space, most):
+    """A trial searched to more steps (or more frequent evaluations) than ``base`` must not be cut at ``base``'s
+    last evaluation: Tune's ASHA stops every trial at its ``max_t``."""
+    from sweeps.search import build_scheduler
+    from sweeps.space import most_evaluations
+
+    data = {**SPEC, "base": {**BASE, "train": train},
+            "search": {**SPEC["search"], "space": {**SPEC["search"]["space"], **space},
+                       "scheduler": {"grace_period": 1}, "cohort": 1}}  # fmt: skip
+    spec = parse_spec(data)
+    assert most_evaluations(spec) == most
+    assert build_scheduler(spec)._max_t == most
+
+
+@pytest.mark.parametrize(("grace", "space", "noted"), [
+    (2, {}, True),  # 100 steps / 50: two evaluations, the first rung at the last one
+    (1, {}, False),
+    (2, {"train.steps": {"choice": [100, 400]}}, False),  # the longer trials make 8
+])
+def test_the_sweep_says_when_its_scheduler_can_stop_nothing(grace, space, noted):
+    from sweeps.preflight import scheduler_note
+
+    data = {**SPEC, "search": {**SPEC["search"], "space": {**SPEC["search"]["space"], **space},
+                               "scheduler": {"grace_period": grace}}}  # fmt: skip
+    note = scheduler_note(parse_spec(data))
+    assert (note is not None) == noted
+    if noted:
+        assert note.startswith(f"search.scheduler: grace_period {grace} ≥ the 2 evaluations")
