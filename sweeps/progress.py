@@ -27,6 +27,7 @@ class TrialRow:
     trial_id: str
     params: dict[str, Any]
     step: int = 0
+    steps: int = 0  # the steps it trains for (train.steps may be searched)
     rate: float = math.nan
     distortion: float = math.nan
     status: str = "RUNNING"
@@ -49,11 +50,14 @@ class SweepProgress(Callback):
     """Prints progress lines on stderr; keeps a row per trial for the summary.
 
     ``show_params`` maps a trial's sampled parameters to those worth showing (by default all of them; the runner
-    drops what the trial's objective does not use)."""
+    drops what the trial's objective does not use); ``trial_steps`` to the steps that trial trains for (by default
+    ``total_steps``, the base config's: the runner reads a searched ``train.steps``)."""
 
     def __init__(self, total_trials: int, total_steps: int, stream: TextIO | None = None,
-                 show_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None):  # fmt: skip
+                 show_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 trial_steps: Callable[[dict[str, Any]], int] | None = None):  # fmt: skip
         self.total_trials, self.total_steps = total_trials, total_steps
+        self._trial_steps = trial_steps
         self.rows: dict[str, TrialRow] = {}
         self._ended_before: set[str] | None = None  # trials that had ended before this driver (a resume); None: unread
         self._stream = stream
@@ -66,7 +70,7 @@ class SweepProgress(Callback):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"_ended_before": None, **state})
+        self.__dict__.update({"_ended_before": None, "_trial_steps": None, **state})
         self._started = time.monotonic()  # a resumed driver measures its own pace
 
     @property
@@ -81,10 +85,22 @@ class SweepProgress(Callback):
         except Exception:  # noqa: BLE001 - a display filter never stops a sweep; show everything instead
             return dict(config)
 
+    def _steps(self, config: dict[str, Any]) -> int:
+        if self._trial_steps is None:
+            return self.total_steps
+        try:
+            return int(self._trial_steps(dict(config)))
+        except Exception:  # noqa: BLE001 - a display figure never stops a sweep; the base config's steps instead
+            return self.total_steps
+
+    def _planned(self, row: TrialRow) -> int:
+        return row.steps or self.total_steps  # a row saved by an older driver has none of its own
+
     def _row(self, trial) -> TrialRow:
         row = self.rows.get(trial.trial_id)
         if row is None:
-            row = self.rows[trial.trial_id] = TrialRow(trial.trial_id, self._params(trial.config))
+            row = self.rows[trial.trial_id] = TrialRow(trial.trial_id, self._params(trial.config),
+                                                       steps=self._steps(trial.config))  # fmt: skip
         return row
 
     # -- the sweep's state --------------------------------------------------------------------------------------
@@ -95,14 +111,17 @@ class SweepProgress(Callback):
         return done, running, max(0, self.total_trials - len(self.rows))
 
     def eta_seconds(self) -> float | None:
-        """Seconds left at the pace so far (training steps per second over all trials), or None before any step."""
+        """Seconds left at the pace so far (training steps per second over all trials), or None before any step.
+        A trial not started yet counts the mean steps of those started (each trains its own ``train.steps``)."""
         elapsed = time.monotonic() - self._started
         before = self._ended_before or set()  # trained before this driver: not part of its pace
-        work = sum(self.total_steps if r.status != "RUNNING" else r.step for r in self.rows.values()
-                   if r.trial_id not in before)  # fmt: skip
+        mine = [r for r in self.rows.values() if r.trial_id not in before]
+        work = sum(self._planned(r) if r.status != "RUNNING" else r.step for r in mine)
         if work <= 0 or elapsed <= 0:
             return None
-        left = (self.total_trials - len(before)) * self.total_steps - work
+        started = [self._planned(r) for r in self.rows.values()]
+        pending = max(0, self.total_trials - len(self.rows))
+        left = sum(self._planned(r) for r in mine) + pending * (sum(started) / len(started)) - work
         return max(0.0, left) / (work / elapsed)
 
     def _state(self) -> str:
@@ -114,7 +133,7 @@ class SweepProgress(Callback):
     def _line(self, row: TrialRow) -> str:
         params = "  ".join(f"{_param_label(k)}={_short(v)}" for k, v in row.params.items())
         elapsed = time.monotonic() - self._started
-        return (f"[{elapsed:7.1f}s] trial {row.trial_id}  {params}  step {row.step}/{self.total_steps}  "
+        return (f"[{elapsed:7.1f}s] trial {row.trial_id}  {params}  step {row.step}/{self._planned(row)}  "
                 f"rate {row.rate:.3f}  distortion {row.distortion:.3f}  {row.status}  | {self._state()}")  # fmt: skip
 
     def _print(self, text: str) -> None:

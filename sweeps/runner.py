@@ -120,7 +120,7 @@ def _rows_from_results(results, spec: SweepSpec) -> list:
                    if is_cohort(config) else [(trial_id, config, metrics)])  # fmt: skip
         for row_id, params, own in entries:
             own = own or {}
-            row = TrialRow(row_id, _shown_params(spec, params))
+            row = TrialRow(row_id, _shown_params(spec, params), steps=_trial_steps(spec, params))
             row.step = int(own.get("step", 0) or 0)
             row.rate, row.distortion = own.get("rate", math.nan), own.get("distortion", math.nan)
             row.status = trial_outcome(own, error=result.error is not None, objectives=spec.search.objectives).label
@@ -130,6 +130,10 @@ def _rows_from_results(results, spec: SweepSpec) -> list:
 
 def _shown_params(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
     return spec.applied_params(dict(params))
+
+
+def _trial_steps(spec: SweepSpec, params: dict[str, Any]) -> int:
+    return spec.trial_config(dict(params)).train.steps
 
 
 def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> list:
@@ -143,7 +147,8 @@ def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> li
 
     return [MLflowTracking(tracking_uri, spec.experiment, spec.name, sweep_key(spec), spec.raw),
             LiveFrontier(tracking_uri, spec.raw, sweep_key(spec)),
-            SweepProgress(total_trials, spec.base_config.train.steps, show_params=partial(_shown_params, spec))]  # fmt: skip
+            SweepProgress(total_trials, spec.base_config.train.steps, show_params=partial(_shown_params, spec),
+                          trial_steps=partial(_trial_steps, spec))]  # fmt: skip
 
 
 def tune_callbacks(spec: SweepSpec, callbacks: list, *, restored: bool = False) -> list:

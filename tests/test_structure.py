@@ -222,3 +222,32 @@ def test_a_resumed_sweeps_progress_counts_the_trials_that_ended_before_it():
     late = trial("d", "TERMINATED", pruned)  # a member whose end this driver reports without a result of its own
     progress.on_trial_complete(0, [], late)
     assert progress.rows["d"].step == 50 and progress.rows["d"].rate == 3.0
+
+
+def test_the_progress_line_counts_each_trials_own_steps():
+    """A searched ``train.steps``: the line said ``step 300/100`` (the base config's steps), and the ETA assumed
+    every trial trained for those."""
+    import io
+    from functools import partial
+    from types import SimpleNamespace
+
+    from sweeps.progress import SweepProgress
+    from sweeps.runner import _trial_steps
+    from sweeps.spec import parse_spec
+
+    spec = parse_spec({"name": "steps", "base": {"dataset": {"name": "blobs", "resolution": 32},
+                                                 "model": {"arch": "mlp", "latent_dim": 2},
+                                                 "train": {"steps": 100, "eval_every": 50}},
+                       "search": {"space": {"train.steps": {"choice": [100, 400]}}}})  # fmt: skip
+    out = io.StringIO()
+    progress = SweepProgress(3, 100, stream=out, trial_steps=partial(_trial_steps, spec))
+    long, short = (SimpleNamespace(trial_id=i, status="RUNNING", config={"train.steps": n}, last_result=None)
+                   for i, n in (("long", 400), ("short", 100)))  # fmt: skip
+    for trial in (long, short):
+        progress.on_trial_start(0, [], trial)
+    progress._started -= 10.0  # ten seconds in
+    progress.on_trial_result(0, [], long, {"step": 300, "rate": 1.0, "distortion": 2.0})
+    assert " step 300/400 " in out.getvalue().splitlines()[-1]
+    progress.on_trial_result(0, [], short, {"step": 100, "rate": 1.0, "distortion": 2.0})
+    # 400 steps done of 400 + 100 + one pending trial of (400 + 100) / 2: 100 + 250 left, at 40 steps/s
+    assert progress.eta_seconds() == pytest.approx(350 / (400 / 10.0), rel=0.02)
