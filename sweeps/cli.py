@@ -93,6 +93,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"\n{done}/{planned} trials completed{started}. Tracking: {outcome.tracking_uri} "
           f"(experiment {spec.experiment!r}, parent run {outcome.parent_run_id})")  # fmt: skip
     print(f"See it in MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
+    errored = sum(r.status == "ERROR" for r in outcome.rows)
+    if errored and not outcome.interrupted:
+        them = "them from their last checkpoints" if errored > 1 else "it from its last checkpoint"
+        print(f"bvae sweep: {errored} trial{'s' if errored > 1 else ''} errored (each run's bvae.reason tag says why); "
+              f"{resume_command(args)} trains {them}", file=sys.stderr)  # fmt: skip
     if outcome.interrupted:
         print(f"bvae sweep: interrupted; its state is saved. Continue it with: {resume_command(args)}",
               file=sys.stderr)  # fmt: skip

@@ -255,7 +255,7 @@ class CohortSearch(Searcher):
         key = next((k for k, numbers in self._waiting.items() if numbers), None)
         if key is not None:
             members, self._waiting[key] = self._waiting[key][: self.size], self._waiting[key][self.size :]
-        while len(members) < self.size and len(self._params) < self.budget:
+        while len(members) < self.size and len(self._params) - self.__dict__.get("_reasked", 0) < self.budget:
             number, its_key = self._ask()
             if key is None or its_key == key:
                 key = its_key
@@ -308,7 +308,29 @@ class CohortSearch(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         for j, number in enumerate(self._cohorts.get(trial_id, [])):
+            if error and number not in self._told:  # a resume trains it again (reopen)
+                self.__dict__.setdefault("_errored", set()).add(number)
             self._tell(number, member_result(result, j), error)
+
+    def reopen(self, trial_id: str) -> bool:
+        """Cohort trial ``trial_id`` ended in an error and ``bvae sweep resume`` trains it again
+        (:mod:`sweeps.searcher_state`). Optuna's FAIL is final, so each member told FAIL by that error (not one that
+        had ended before it) becomes a new asked trial with its values, told when it ends. False: none had."""
+        errored = self.__dict__.get("_errored", set())
+        numbers = self._cohorts.get(trial_id, [])
+        reopened = False
+        for j, number in enumerate(numbers):
+            if number not in errored:
+                continue
+            errored.discard(number)
+            self._study.enqueue_trial(self._params[number], skip_if_exists=False)
+            trial = self._study.ask()
+            self._define(trial)  # the enqueued values
+            self._params[trial.number] = dict(trial.params)
+            self.__dict__["_reasked"] = self.__dict__.get("_reasked", 0) + 1  # not part of the budget
+            numbers[j] = trial.number
+            reopened = True
+        return reopened
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_rungs": None}  # an actor handle belongs to the driver that made it

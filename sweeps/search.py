@@ -61,6 +61,22 @@ class SweepSearch(OptunaSearch):
             return
         tell_outcome(self._ot_study, self._ot_trials[trial_id], result, list(self.metric), error)
         self._completed_trials.add(trial_id)
+        if error:  # a resume trains it again (reopen)
+            self.__dict__.setdefault("_errored", set()).add(trial_id)
+
+    def reopen(self, trial_id: str) -> bool:
+        """``trial_id`` ended in an error and ``bvae sweep resume`` trains it again (:mod:`sweeps.searcher_state`).
+        Optuna's FAIL is final, so its values become a new asked trial, told when it ends. False: it had not
+        errored here."""
+        errored = self.__dict__.get("_errored", set())
+        if trial_id not in errored:
+            return False
+        errored.discard(trial_id)
+        self._ot_study.enqueue_trial(dict(self._ot_trials[trial_id].params), skip_if_exists=False)
+        self._ot_trials[trial_id] = self._ot_study.ask()
+        self._suggest_from_define_by_run_func(self._space, self._ot_trials[trial_id])  # the enqueued values
+        self._completed_trials.discard(trial_id)
+        return True
 
     def release(self, trial_id: str) -> None:
         """Tune will never run ``trial_id`` (:mod:`sweeps.searcher_state`): its asked Optuna trial, with the values

@@ -16,7 +16,10 @@ Optuna never hears of it, and Tune, counting from the older state, creates one t
 :class:`SweepSearchGenerator` settles all three when Tune restores it: a lost trial's configuration goes to the next
 trial Tune creates (the sweep still runs its planned number of trials, with the values the sampler asked for); an
 ended trial is told with its last saved result; a saved trial the searcher has not seen is given to Optuna with its
-values, as an asked trial that is told when it ends; and Tune's trial count is that of the saved trials. Fused cohorts'
+values, as an asked trial that is told when it ends; and Tune's trial count is that of the saved trials.
+
+A resume also trains errored trials again (``resume_errored``), which the searcher had told FAIL when they errored:
+a searcher with ``reopen(trial_id)`` asks their values again as new Optuna trials, told when they end. Fused cohorts'
 searcher has no ``register``: a saved cohort trial it never asked for trains and is tracked, untold to Optuna, and its
 members' budget is asked again.
 """
@@ -122,6 +125,13 @@ class SweepSearchGenerator(SearchGenerator):
             elif trial_id not in limiter.live_trials:  # Tune runs it again: its end must pass the limiter
                 limiter.live_trials.add(trial_id)
                 limiter.num_unfinished_live_trials += 1
+        for trial_id, saved in trials.items():  # errored: told FAIL then, trained again now (resume_errored)
+            if saved.status == "ERROR" and callable(getattr(searcher, "reopen", None)) and searcher.reopen(trial_id):
+                if trial_id not in limiter.live_trials:
+                    limiter.live_trials.add(trial_id)
+                    limiter.num_unfinished_live_trials += 1
+                said.append(f"trial {trial_id} had errored and trains again (Optuna gets its outcome as a new trial "
+                            f"with its values; the errored one stays FAIL)")  # fmt: skip
         if callable(getattr(searcher, "register", None)):
             for trial_id, saved in trials.items():  # in the order Tune created them: Optuna numbers them so
                 if saved.params and not searcher.knows(trial_id):  # created after the searcher's state was saved

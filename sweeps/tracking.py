@@ -589,12 +589,14 @@ class MLflowTracking(Callback):
                 self._runs[trial_id] = run_id
                 self._ended.discard(trial_id)
                 return run_id
-            run_id = found.info.run_id
-            status = found.info.status
+            run = found
+            run_id = run.info.run_id
         else:
-            status = client.get_run(run_id).info.status
-        if status != RUNNING:
+            run = client.get_run(run_id)
+        if run.info.status != RUNNING:
             client.update_run(run_id, status=RUNNING)
+        if TAG_REASON in run.data.tags:  # why it ended before (an error a resume trains past): no longer so
+            client.delete_tag(run_id, TAG_REASON)
         client.set_tag(run_id, TAG_STATUS, "running")
         self._runs[trial_id] = run_id
         self._ended.discard(trial_id)

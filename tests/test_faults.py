@@ -93,6 +93,36 @@ def test_trials_raising_mid_training_are_retried_from_their_checkpoints_to_a_cle
 
 
 @pytest.mark.slow
+def test_errored_trials_a_resume_trains_again_end_completed_in_optuna_and_mlflow(tmp_path):
+    """Out of retries (``max_failures: 0``) the trials end in an error, told FAIL to Optuna; ``bvae sweep resume``
+    trains them again from their checkpoints. Their runs said FINISHED but kept the error as ``bvae.reason``, and
+    Optuna never heard of their end."""
+    from sweeps.search import SweepSearch
+
+    data = _spec(tmp_path, "errored", trials=2, max_failures=0)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150})
+    assert first.returncode == 0 and "0/2 trials completed" in first.stdout, first.stderr[-3000:]
+    assert "bvae sweep: 2 trials errored (each run's bvae.reason tag says why); bvae sweep resume spec.yaml trains " \
+           "them from their last checkpoints" in first.stderr  # fmt: skip
+    resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
+    assert resumed.returncode == 0 and "2/2 trials completed" in resumed.stdout, resumed.stderr[-3000:]
+    assert resumed.stderr.count("had errored and trains again") == 2
+    client, parent, runs = _runs(data["tracking"]["uri"], "errored", str(tmp_path / "ray_results" / "errored"))
+    assert len(runs) == 2
+    for run in runs:
+        assert (run.info.status, run.data.tags["bvae.status"], run.data.tags.get("bvae.reason")) == \
+               ("FINISHED", "completed", None)  # fmt: skip
+    searcher = SweepSearch.__new__(SweepSearch)
+    searcher.restore(str(max((tmp_path / "ray_results" / "errored").glob("searcher-state-*.pkl"))))
+    trials = searcher.study.trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    told = {round(t.params["objective.beta"], 9): tuple(t.values) for t in trials[2:]}
+    assert told == {round(float(r.data.params["objective.beta"]), 9): (r.data.metrics["rate"], r.data.metrics["distortion"])
+                    for r in runs}  # fmt: skip
+
+
+@pytest.mark.slow
 def test_resume_with_another_tracking_uri_logs_the_resumed_trials_there(tmp_path):
     data = _spec(tmp_path, "moved", trials=2, max_failures=0)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))

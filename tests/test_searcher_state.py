@@ -132,3 +132,51 @@ def test_the_trials_are_read_where_tune_restores_them_from_in_the_order_it_made_
     assert list(search.saved_trials(str(staging))) == ["z", "a"]
     (storage / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [')
     assert saved_trials(str(storage)) is None  # unreadable: restored as saved, with a warning
+
+
+def test_an_errored_trial_a_resume_trains_again_is_told_to_optuna_when_it_ends(tmp_path):
+    """An errored trial is told FAIL, and ``bvae sweep resume`` trains it again (``resume_errored``): its end must
+    reach Optuna (FAIL is final there, so as a new trial with the same values) and count against the concurrency."""
+    search = _search(tmp_path)
+    search.searcher.suggest("t")
+    search.on_trial_complete("t", error=True)
+    failed = _study(search).trials[0]
+    assert failed.state == optuna.trial.TrialState.FAIL
+    lines = search.settle({"t": SavedTrial("ERROR", {}, {})})
+    assert len(lines) == 1 and "trial t had errored and trains again" in lines[0]
+    assert search.searcher.live_trials == {"t"}
+    assert search.settle({"t": SavedTrial("ERROR", {}, {})}) == []  # once
+    search.on_trial_complete("t", result={"rate": 1.5, "distortion": 2.5, "done_training": True})
+    first, again = _study(search).trials
+    assert first.state == optuna.trial.TrialState.FAIL and again.state == optuna.trial.TrialState.COMPLETE
+    assert again.params == failed.params and again.values == [1.5, 2.5]
+    assert not search.searcher.live_trials
+
+
+def test_an_errored_cohorts_members_are_told_again_but_not_one_that_had_ended_before_the_error(tmp_path):
+    search = _search(tmp_path, cohort=2, trials=8)
+    members = search.searcher.suggest("t")["members"]
+    assert len(members) == 2
+    state = lambda number: _study(search).trials[number].state.name  # noqa: E731
+    search.on_trial_result("t", {"members/0/rate": 9.0, "members/0/distortion": 9.0, "members/0/step": 100,
+                                 "members/0/stopped_early": True})  # member 0 pruned, told then  # fmt: skip
+    search.on_trial_complete("t", error=True)  # member 1 told FAIL by the error
+    assert [state(m["number"]) for m in members] == ["PRUNED", "FAIL"]
+    asked = len(_study(search).trials)
+    lines = search.settle({"t": SavedTrial("ERROR", {}, {})})
+    assert len(lines) == 1 and search.searcher.live_trials == {"t"}
+    assert len(_study(search).trials) == asked + 1  # member 1 only
+    done = {f"members/{j}/{k}": v for j in (0, 1) for k, v in (("rate", 1.0), ("distortion", 2.0), ("step", 300),
+                                                                ("done_training", True))}  # fmt: skip
+    search.on_trial_complete("t", result={**done, "members/0/repeat": True})
+    again = _study(search).trials[-1]
+    assert [state(m["number"]) for m in members] == ["PRUNED", "FAIL"] and again.state.name == "COMPLETE"
+    assert again.params == _study(search).trials[members[1]["number"]].params and again.values == [1.0, 2.0]
+    given = []
+    for i in range(8):  # the rest of the budget of 8: six more members, the re-told one not counted
+        config = search.searcher.suggest(f"u{i}")
+        if not isinstance(config, dict):
+            break
+        given += [m["number"] for m in config["members"]]
+        search.on_trial_complete(f"u{i}", error=True)
+    assert len(given) == 6
