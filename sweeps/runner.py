@@ -109,7 +109,7 @@ def _rows_from_results(results, spec: SweepSpec) -> list:
     from .outcome import trial_outcome
     from .progress import TrialRow
 
-    from .cohorts import is_cohort, member_id, member_result
+    from .cohorts import ended_early, is_cohort, member_id, member_result
 
     rows = []
     for result in results:
@@ -119,11 +119,13 @@ def _rows_from_results(results, spec: SweepSpec) -> list:
         entries = ([(member_id(trial_id, j), m["params"], member_result(metrics, j)) for j, m in enumerate(config["members"])]
                    if is_cohort(config) else [(trial_id, config, metrics)])  # fmt: skip
         for row_id, params, own in entries:
+            # a cohort's error is not that of a member that had ended before it (stopped, or its loss non-finite)
+            errored = result.error is not None and not (is_cohort(config) and ended_early(own))
             own = own or {}
             row = TrialRow(row_id, _shown_params(spec, params), steps=_trial_steps(spec, params))
             row.step = int(own.get("step", 0) or 0)
             row.rate, row.distortion = own.get("rate", math.nan), own.get("distortion", math.nan)
-            row.status = trial_outcome(own, error=result.error is not None, objectives=spec.search.objectives).label
+            row.status = trial_outcome(own, error=errored, objectives=spec.search.objectives).label
             rows.append(row)
     return rows
 

@@ -344,3 +344,20 @@ def test_after_a_resume_a_member_ended_before_is_ended_never_errored():
     assert inner.calls == [("on_trial_start", "t-1")]  # the ended member does not start again
     fan.on_trial_error(0, [restored], restored)  # the whole cohort then fails
     assert inner.calls[1:] == [("on_trial_complete", "t-0"), ("on_trial_error", "t-1")]
+
+
+def test_the_summary_of_an_errored_cohort_keeps_a_member_that_had_ended_before_the_error(tmp_path):
+    """The progress lines (and MLflow, Optuna) said PRUNED for a member stopped before its cohort errored; the
+    summary table said ERROR."""
+    from types import SimpleNamespace
+
+    from sweeps.runner import _rows_from_results
+
+    spec = parse_spec(_cohort_spec(tmp_path, "rows"))
+    config = {"members": [{"number": n, "params": {"objective.beta": b, "model.latent_dim": 2}}
+                          for n, b in ((0, 1.0), (1, 2.0))]}  # fmt: skip
+    metrics = {"trial_id": "t", "members": {
+        "0": {"rate": 1.0, "distortion": 2.0, "step": 100.0, "done_training": False, "stopped_early": True, "repeat": True},
+        "1": {"rate": 1.5, "distortion": 2.5, "step": 200.0, "done_training": False}}}  # fmt: skip
+    result = SimpleNamespace(metrics=metrics, config=config, path="/x/t", error=RuntimeError("worker died"))
+    assert {r.trial_id: r.status for r in _rows_from_results([result], spec)} == {"t-0": "PRUNED", "t-1": "ERROR"}
