@@ -486,7 +486,9 @@ class Cohort:
         return [s == ACTIVE for s in self.status]
 
     def stop(self, k: int) -> None:
-        """Stop member k (e.g. a scheduler's decision): it no longer updates; its checkpoint is kept as of now."""
+        """Stop member k (e.g. a scheduler's decision): it no longer updates; its checkpoint is kept as of now. A
+        member whose loss has gone non-finite on the device since the last sync is FAIL, not stopped."""
+        self.sync()
         if self.status[k] != ACTIVE:
             return
         self._frozen[k] = self.member_state_dict(k)
