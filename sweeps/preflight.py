@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 from bvae_core.config import ConfigError
 
@@ -20,10 +21,10 @@ class PreflightError(ConfigError):
     """A resource the spec names cannot be used; one line naming the field and why."""
 
 
-def check_data(spec: SweepSpec) -> int | None:
+def check_data(spec: SweepSpec) -> Any:
     """Read the user's data file once (``DataFileError`` names the file) and build the model on its examples, so
-    that images of the wrong size for the architecture stop the sweep here, not in every trial. Returns the number of
-    the file's rows when it holds factors (the points the metrics draw from), else None (and for generated data)."""
+    that images of the wrong size for the architecture stop the sweep here, not in every trial. Returns the file's
+    dataset (None for generated data)."""
     config = spec.base_config
     if config.dataset.name != "file":
         return None  # generated datasets: their config was validated with the model
@@ -40,11 +41,64 @@ def check_data(spec: SweepSpec) -> int | None:
     if spec.eval.metrics and getattr(dataset, "factors", None) is None:
         raise PreflightError(f"eval.metrics: {config.dataset.path} holds no factors (an integer array 'factors' or "
                              f"'latents_classes' in a .npz, integer columns or dataset.factor_columns in Parquet)")  # fmt: skip
+    if spec.eval.metrics:
+        check_varying_factors(spec.eval.metrics, dataset)
     try:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:
         raise PreflightError(f"base.{exc} (data: {config.dataset.path})") from None
-    return len(dataset.factors) if getattr(dataset, "factors", None) is not None else None
+    return dataset
+
+
+#: the varying factors each metric a file dataset allows needs (bvae_core.metrics: dci regresses every factor on the
+#: codes and normalises over factors; mig and sap score each factor that varies)
+_FACTORS_NEEDED = {"dci": 2, "mig": 1, "sap": 1}
+#: metrics that compare the two most informative code dimensions (MIG's and SAP's gap) or need several (DCI)
+_TWO_CODES = ("mig", "sap", "dci")
+
+
+def check_varying_factors(metrics: list[str], dataset) -> None:
+    """A data file's factors must vary enough for each metric, else every trial trains to its end and fails there."""
+    factors = dataset.factors
+    varying = [name for name, column in zip(dataset.factor_names, factors.T) if bool((column != column[0]).any())]
+    for metric in metrics:
+        needed = _FACTORS_NEEDED.get(metric, 1)
+        if len(varying) < needed:
+            raise PreflightError(f"eval.metrics: {metric} needs at least {needed} factor(s) that vary; {dataset.path} "
+                                 f"has {len(varying)} ({', '.join(varying) or 'none'}) of "
+                                 f"{', '.join(dataset.factor_names)}")  # fmt: skip
+
+
+def check_latent_size(spec: SweepSpec) -> None:
+    """MIG, SAP and DCI need two code dimensions or more: a space that can sample ``model.latent_dim`` 1 would
+    train those trials to their end and fail them there."""
+    needing = [m for m in spec.eval.metrics if m in _TWO_CODES]
+    if not needing:
+        return
+    from .space import corner_configs
+
+    least = min(c.model.latent_dim for c in corner_configs(spec, ("model.latent_dim",)))
+    if least < 2:
+        raise PreflightError(f"eval.metrics: {needing[0]} needs at least 2 latent dimensions (it compares the two "
+                             f"most informative), and model.latent_dim can be {least}")  # fmt: skip
+
+
+def factors_note(spec: SweepSpec, data: Any) -> str | None:
+    """A line for the sweep's start naming the factors a data file's metrics are scored against, and the integer
+    Parquet columns not taken as factors (``data``: the file's dataset, :func:`check_data`)."""
+    if data is None or not spec.eval.metrics or data.factors is None:
+        return None
+    rows = len(data.factors)
+    sizes = [len(set(column.tolist())) for column in data.factors.T]
+    described = [f"{name} ({size} value{'s' if size != 1 else ''}"
+                 + (": one per row, an identifier?" if size == rows else ": constant, not scored" if size == 1 else "")
+                 + ")" for name, size in zip(data.factor_names, sizes)]  # fmt: skip
+    skipped = "; ".join(f"{column}: {why}" for column, why in data.skipped_columns.items())
+    parquet = str(data.path).lower().endswith((".parquet", ".pq"))  # factor_columns chooses among its columns
+    doubtful = parquet and (skipped or any(size in (1, rows) for size in sizes))
+    return (f"eval.metrics: scored against the factors of {data.path}: {', '.join(described)}"
+            + (f"; not a factor — {skipped}" if skipped else "")
+            + ("; name the factors with base.dataset.factor_columns" if doubtful else ""))
 
 
 def metric_points(spec: SweepSpec, file_rows: int | None) -> int | None:
@@ -184,6 +238,9 @@ def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
     check_ray_address(spec.ray.address)
     check_local_resources(spec)
     check_storage(spec.storage.path)
-    file_rows = check_data(spec)
+    check_latent_size(spec)
+    data = check_data(spec)
     check_tracking(tracking_uri)
-    return [note for note in (in_sample_note(spec, file_rows), scheduler_note(spec)) if note]
+    file_rows = len(data.factors) if data is not None and data.factors is not None else None
+    notes = (factors_note(spec, data), in_sample_note(spec, file_rows), scheduler_note(spec))
+    return [note for note in notes if note]

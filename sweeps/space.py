@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
 
-from bvae_core.config import ConfigError, parse_config, set_dotted
+from bvae_core.config import ConfigError, TrainConfig, parse_config, set_dotted
 
 from .member_scheduler import evaluations
 from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, is_distribution,
@@ -61,30 +62,34 @@ def planned_trials(spec: SweepSpec) -> int:
     return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
 
 
-_EVALUATION_PATHS = ("train", "train.steps", "train.eval_every")  # the search paths that set a trial's evaluations
-
-
 def _corners(value: Any) -> list[Any]:
     """The values a search path's distribution can take at its ends: each choice option's low and high end."""
     options = value["choice"] if is_distribution(value) and "choice" in value else [value]
     return [representative(option, pick) for option in options for pick in ("low", "high")]
 
 
-def most_evaluations(spec: SweepSpec) -> int:
-    """The most evaluations a trial of the sweep makes (``ceil(train.steps / train.eval_every)``) over every
-    value the search space gives those fields: an early-stopping scheduler's ``max_t``, so that a trial searched to
-    more steps than ``base`` is not stopped at ``base``'s last evaluation."""
-    train = spec.base_config.train
-    most = evaluations(train.steps, train.eval_every)
+def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainConfig]:
+    """The train configs at every combination of the ends of the search paths that can set one of ``fields``
+    (dotted paths into the train config, e.g. ``model.latent_dim``): where the smallest and largest values a trial
+    can take for them lie. ``base``'s config first; combinations no trial can take (invalid configs) are skipped."""
+    yield spec.base_config
     space = spec.raw["search"]["space"]
-    paths = [p for p in space if p in _EVALUATION_PATHS]
+    paths = [p for p in space if any(f == p or f.startswith(p + ".") for f in fields)]
+    if not paths:
+        return
     for corner in itertools.product(*(_corners(space[p]) for p in paths)):
         data = copy.deepcopy(spec.base)
         for path, value in sorted(zip(paths, corner), key=lambda pv: pv[0].count(".")):
             set_dotted(data, path, value)
         try:
-            train = parse_config(data).train
+            yield parse_config(data)
         except ConfigError:
             continue  # e.g. eval_every > steps at this corner: no trial takes both
-        most = max(most, evaluations(train.steps, train.eval_every))
-    return most
+
+
+def most_evaluations(spec: SweepSpec) -> int:
+    """The most evaluations a trial of the sweep makes (``ceil(train.steps / train.eval_every)``) over every
+    value the search space gives those fields: an early-stopping scheduler's ``max_t``, so that a trial searched to
+    more steps than ``base`` is not stopped at ``base``'s last evaluation."""
+    return max(evaluations(c.train.steps, c.train.eval_every)
+               for c in corner_configs(spec, ("train.steps", "train.eval_every")))  # fmt: skip

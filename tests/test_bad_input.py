@@ -153,6 +153,26 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("NaN in the images", {**GOOD, "base": {**file_base, "dataset": {
             "name": "file", "path": _npz(tmp, "nan.npz", images=np.full((40, 32, 32), np.nan, np.float32))}}},
          "NaN or infinite"),
+        ("fewer factor names than factors", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "names.npz", images=np.zeros((40, 32, 32), np.uint8),
+                                         factors=np.zeros((40, 2), np.int64), factor_names=np.array(["only"]))}}},
+         "factor_names holds 1 name(s) for 2 factor column(s)"),
+        ("an array of Python objects", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _npz(tmp, "objects.npz", images=np.array([None] * 40, dtype=object))}}},
+         "objects.npz: array 'images' holds Python objects"),
+        ("an empty value in a Parquet factor column", {**GOOD, "base": {**file_base, "dataset": {
+            "name": "file", "path": _parquet(tmp, "nulls.parquet", image=[[0.0] * 1024] * 40,
+                                             shape=[1, None] * 20)}}},
+         "dataset.factor_columns: column 'shape' of " + str(tmp / "nulls.parquet") + " has 20 empty (null) value(s)"),
+        ("dci on a file with one varying factor", {**GOOD, "eval": {"metrics": ["dci"]}, "base": {**file_base,
+            "dataset": {"name": "file", "path": _npz(tmp, "onefactor.npz", images=np.zeros((40, 32, 32), np.uint8),
+                                                     factors=np.stack([np.arange(40) % 4, np.zeros(40, int)], 1))}}},
+         "eval.metrics: dci needs at least 2 factor(s) that vary; " + str(tmp / "onefactor.npz")
+         + " has 1 (factor0) of factor0, factor1"),
+        ("mig with a searched latent size of 1", {**_with("search.space", {"model.latent_dim": {"int": [1, 4]}}),
+                                                  "eval": {"metrics": ["mig"]}},
+         "eval.metrics: mig needs at least 2 latent dimensions (it compares the two most informative), and "
+         "model.latent_dim can be 1"),
         ("tracking URI of no store MLflow knows", {**GOOD, "tracking": {"uri": "foo://bar"}},
          "tracking.uri: unsupported scheme 'foo:'"),
         ("unreachable tracking server", {**GOOD, "tracking": {"uri": f"http://{dead}"}}, "tracking.uri"),

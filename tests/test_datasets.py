@@ -139,3 +139,37 @@ def test_file_values_must_fit_the_likelihood(tmp_path):
     with pytest.raises(DataFileError, match="inf.npz: the images hold NaN or infinite values"):
         make_dataset("file", path=str(tmp_path / "inf.npz"))
 
+
+
+def test_parquet_palette_and_grey_alpha_pngs_decode_to_their_colours_channels_first(tmp_path):
+    """A palette PNG was read as its palette indices (a 16-colour image peaked at 15/255), and grey+alpha came out
+    as [32, 32, 2]: 32 channels of 32 × 2 pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = [(rng.random((8, 8)) * 255).astype(np.uint8) for _ in range(6)]
+
+    def encoded(image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    palette = [encoded(Image.fromarray(g).convert("RGB").quantize(16)) for g in grey]
+    grey_alpha = [encoded(Image.fromarray(np.stack([g, np.full_like(g, 255)], -1), mode="LA")) for g in grey]
+    for name, column, channels in (("p", palette, 3), ("la", grey_alpha, 2)):
+        pq.write_table(pa.table({"image": column}), tmp_path / f"{name}.parquet")
+        ds = make_dataset("file", path=str(tmp_path / f"{name}.parquet"), test_fraction=0.34)
+        assert ds.example_shape == (channels, 8, 8), name
+        assert ds.value_range[1] > 0.5, name  # colours, not palette indices
+    ds = make_dataset("file", path=str(tmp_path / "la.parquet"), test_fraction=0.34)
+    first = int(ds._test_idx[0])
+    assert torch.allclose(next(ds.test_batches(1))[0, 0], torch.from_numpy(grey[first]).float() / 255)
+
+
+def test_parquet_factors_leave_out_the_index_pandas_stored(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"image": [[0.5] * 4] * 6, "shape": [0, 1, 2] * 2}, index=[10, 11, 12, 13, 14, 15])
+    frame.to_parquet(tmp_path / "pandas.parquet")  # a non-default index is stored as a column
+    ds = make_dataset("file", path=str(tmp_path / "pandas.parquet"), test_fraction=0.34)
+    assert ds.factor_names == ("shape",) and ds.skipped_columns == {"__index_level_0__": "the index pandas stored"}

@@ -4,8 +4,10 @@
   ``[N, H, W]``, ``[N, C, H, W]``, ``[N, H, W, C]`` or ``[N, d]``, and optionally integer factors ``[N, K]``
   (key ``factors`` or ``latents_classes``, as in the published dSprites file) with ``factor_names``.
 - Parquet: one row per example; the image column holds encoded image bytes (PNG, …; also Hugging Face's
-  ``{bytes, path}`` struct) or a flat list of numbers (give ``image_shape`` unless it is a square single-channel
-  image); integer columns are the factors (or those named by ``factor_columns``).
+  ``{bytes, path}`` struct; palette images as their colours, grey+alpha as 2 channels) or a flat list of numbers
+  (give ``image_shape``, the shape of one example as stored — ``[H, W]``, ``[C, H, W]``, or ``[H, W, C]`` with C of
+  1, 3 or 4 — unless it is a square single-channel image); integer columns are the factors (or those named by
+  ``factor_columns``), less the index pandas stored with the table.
 
 uint8 and bool images are scaled to [0, 1]; float data is used as it is (finite values only, and within [0, 1] for the
 Bernoulli likelihood: :func:`check_likelihood_support`). The held-out split is a seeded random ``test_fraction`` of the
@@ -65,10 +67,17 @@ def _load_npz(path: str, image_key: str) -> tuple[np.ndarray, np.ndarray | None,
     if not keys:
         raise DataFileError(f"dataset.path: {path} has no image array (looked for {', '.join(_IMAGE_KEYS)}; "
                             f"found {', '.join(npz.files)}); name it with dataset.image_column")  # fmt: skip
-    images = npz[keys[0]]
+    def read(key: str) -> np.ndarray:
+        try:
+            return npz[key]
+        except ValueError:  # numpy refuses arrays of Python objects without allow_pickle (which runs code)
+            raise DataFileError(f"dataset.path: {path}: array {key!r} holds Python objects (saved with "
+                                f"allow_pickle); store it as numbers (strings for factor_names)") from None  # fmt: skip
+
+    images = read(keys[0])
     factor_key = next((k for k in _FACTOR_KEYS if k in npz.files), None)
-    factors = npz[factor_key] if factor_key else None
-    names = [str(n) for n in npz["factor_names"]] if "factor_names" in npz.files else None
+    factors = read(factor_key) if factor_key else None
+    names = [str(n) for n in read("factor_names")] if "factor_names" in npz.files else None
     return images, factors, names
 
 
@@ -78,7 +87,13 @@ def _decode_image(value, shape: list[int] | None) -> np.ndarray:
     if isinstance(value, (bytes, bytearray)):
         from PIL import Image
 
-        return np.asarray(Image.open(io.BytesIO(value)))
+        image = Image.open(io.BytesIO(value))
+        if image.mode in ("P", "PA"):  # palette indices: the colours they stand for
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+        elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            image = image.convert("RGB")
+        pixels = np.asarray(image)
+        return pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # decoded [H, W, C]: channels first
     arr = np.asarray(value)
     if shape is not None:
         return arr.reshape(shape)
@@ -107,14 +122,35 @@ def _load_parquet(path: str, image_column: str, factor_columns: list[str] | None
     except (ValueError, OSError, TypeError) as e:  # undecodable bytes, rows of other sizes, nulls
         raise DataFileError(f"dataset.image_column: cannot decode column {image_column!r} of {path} ({e}); every row "
                             f"must hold an image of one shape (PNG bytes or a list of numbers)") from None  # fmt: skip
+    skipped: dict[str, str] = {}
     if factor_columns is None:
-        factor_columns = [c for c in table.column_names
-                          if c != image_column and pa.types.is_integer(table.schema.field(c).type)]  # fmt: skip
+        factor_columns, skipped = _integer_factor_columns(table, image_column)
     missing = [c for c in factor_columns if c not in table.column_names]
     if missing:
         raise DataFileError(f"dataset.factor_columns: {path} has no column {missing[0]!r}")
+    for c in factor_columns:
+        if table.column(c).null_count:
+            raise DataFileError(f"dataset.factor_columns: column {c!r} of {path} has {table.column(c).null_count} "
+                                f"empty (null) value(s); every row needs its factor values")  # fmt: skip
     factors = np.stack([table.column(c).to_numpy() for c in factor_columns], axis=1) if factor_columns else None
-    return images, factors, factor_columns or None
+    return images, factors, factor_columns or None, skipped
+
+
+def _integer_factor_columns(table, image_column: str) -> tuple[list[str], dict[str, str]]:
+    """A Parquet table's factors when ``dataset.factor_columns`` is not given: its integer columns, less the index
+    pandas stored with the table (skipped, with why)."""
+    import pyarrow as pa
+
+    index = {c for c in (table.schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    factors, skipped = [], {}
+    for c in table.column_names:
+        if c == image_column or not pa.types.is_integer(table.schema.field(c).type):
+            continue
+        if c in index:
+            skipped[c] = "the index pandas stored"
+        else:
+            factors.append(c)
+    return factors, skipped
 
 
 def _to_nchw(images: np.ndarray, path: str) -> np.ndarray:
@@ -139,13 +175,16 @@ class FileDataset(Dataset):
                  image_shape: list[int] | None = None, test_fraction: float = 0.1, split_seed: int = 0,
                  device: torch.device | str = "cpu"):  # fmt: skip
         suffix = path.lower().rsplit(".", 1)[-1]
+        #: integer Parquet columns not taken as factors (``dataset.factor_columns`` not given), with why
+        self.skipped_columns: dict[str, str] = {}
         if suffix == "npz":
             if factor_columns is not None:
                 raise DataFileError(f"dataset.factor_columns: applies to Parquet files; a .npz file holds its factors "
                                     f"as one array named {' or '.join(_FACTOR_KEYS)} ([N, n_factors] integers)")  # fmt: skip
             images, factors, names = _load_npz(path, image_column)
         elif suffix in ("parquet", "pq"):
-            images, factors, names = _load_parquet(path, image_column, factor_columns, image_shape)
+            images, factors, names, self.skipped_columns = _load_parquet(path, image_column, factor_columns,
+                                                                         image_shape)  # fmt: skip
         else:
             raise DataFileError(f"dataset.path: expected a .npz or .parquet file, got {path}")
         images = _to_nchw(images, path)
@@ -172,6 +211,9 @@ class FileDataset(Dataset):
             if factors.ndim != 2 or factors.shape[0] != n or not np.issubdtype(factors.dtype, np.integer):
                 raise DataFileError(f"dataset.path: {path}: factors must be integers [N, n_factors], one row per image "
                                     f"(got {factors.dtype} of shape {factors.shape} for {n} images)")  # fmt: skip
+            if names is not None and len(names) != factors.shape[1]:
+                raise DataFileError(f"dataset.path: {path}: factor_names holds {len(names)} name(s) for "
+                                    f"{factors.shape[1]} factor column(s); give one name per column")  # fmt: skip
             self.factors = torch.from_numpy(factors.astype(np.int64))
             self.factor_names = tuple(names or [f"factor{i}" for i in range(factors.shape[1])])
         else:
