@@ -241,7 +241,13 @@ def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound:
     if floor is not None and points:
         handles.append(ax.axhline(floor, color="gray", ls="-.", lw=1, label=floor_label(floor)))
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax, label=("log-scaled " if isinstance(norm, LogNorm) else "") + color_by)
+    bar = fig.colorbar(sm, ax=ax, label=("log-scaled " if isinstance(norm, LogNorm) else "") + color_by)
+    if isinstance(norm, LogNorm):  # β as plain numbers (2, 3, 0.5), not matplotlib's 2 × 10^0
+        from matplotlib.ticker import FuncFormatter
+
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        bar.ax.yaxis.set_major_formatter(plain)
+        bar.ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("rate (nats per example)")
     ax.set_ylabel("distortion (nats per example)")
     ax.set_title(title or "rate-distortion plane", fontsize=10)

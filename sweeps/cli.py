@@ -176,6 +176,7 @@ def _public(row: dict) -> dict:
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from .frontier import frontier_rows, write_parquet
+    from .pick import HIGHER_IS_BETTER
     from .tables import format_table
 
     if args.out is not None:
@@ -188,25 +189,27 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_public(r) for r in rows], default=str))
         return 0
-    header = ["trial", "beta", "latent", "schedule", "c_max", "rate", "distortion", "rank", "frontier", "status"]
+    scores = [m for m in HIGHER_IS_BETTER if m not in ("active_units", "mutual_info") and any(m in r for r in rows)]
+    header = ["trial", "beta", "latent", "schedule", "c_max", "rate", "distortion", *scores, "rank", "frontier", "status"]
     body = [[r["trial_id"], _fmt(r.get("beta")), _fmt(r.get("latent_dim")), r.get("schedule") or "", _fmt(r.get("c_max")),
-             f"{r['rate']:.4f}", f"{r['distortion']:.4f}", _fmt(r.get("pareto_rank")), "*" if r["on_frontier"] else "",
-             r["status"]] for r in rows]  # fmt: skip
+             f"{r['rate']:.4f}", f"{r['distortion']:.4f}", *(_fmt(r.get(m)) for m in scores), _fmt(r.get("pareto_rank")),
+             "*" if r["on_frontier"] else "", r["status"]] for r in rows]  # fmt: skip
     print(f"sweep {ref.name} (parent run {ref.parent_run_id}): {sum(r['on_frontier'] for r in rows)} of {len(rows)} "
           f"points on the frontier")  # fmt: skip
     print(format_table(header, body))
     return 0
 
 
-def _fmt(value) -> str:
+def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
     from .frontier import frontier_of, frontier_rows
-    from .pick import PickError, apply_rule, check_max_distortion, no_knee_reason, parse_rule, pick_summary
+    from .pick import (PickError, apply_rule, check_max_distortion, collapse_note, no_knee_reason, parse_rule,
+                       pick_summary)
     from .registry import RegistryNameError, check_registry_names, record_pick, register_pick
 
     try:  # every flag is checked before the store is read or written
@@ -226,9 +229,10 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     except PickError as e:
         raise UsageError(str(e)) from None
     summary = pick_summary(row, args.rule)
-    note = no_knee_reason(frontier_of(rows)) if rule.kind == "knee" else None
-    if note:
-        summary["note"] = note
+    notes = [n for n in (no_knee_reason(frontier_of(rows)) if rule.kind == "knee" else None, collapse_note(row)) if n]
+    if notes:
+        summary["note"] = "; ".join(notes)
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
     model = None
     if args.register is not None:
@@ -243,7 +247,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     print(f"{args.rule} → trial {row['trial_id']}: {beta}, rate {row['rate']:.4f} nats, distortion "
           f"{row['distortion']:.4f} nats")  # fmt: skip
     print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["params"].items())))
-    print("metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary["metrics"].items()))
+    print("metrics: " + ", ".join(f"{k}={_fmt(v, 6)}" for k, v in summary["metrics"].items()))
     print(f"run: {row['run_id']}  checkpoint: {row.get('checkpoint_uri')}")
     if model:
         print(f"registered: {model} (version {summary['registered_model']['version']})")

@@ -51,6 +51,13 @@ def zero_rate_distortion_of(config) -> float:
     return zero_rate_distortion(likelihood, dataset, n_eval=config.train.n_eval)
 
 
+def hypervolume_label(hv: float, completed: int, reference: tuple[float, float]) -> str:
+    """``HV …`` for a figure's title; a zero says why: no completed point is under the reference point."""
+    if hv > 0 or not completed:
+        return f"HV {hv:.4g}"
+    return f"HV 0 (no point has rate < {reference[0]:.4g} and distortion < {reference[1]:.4g} nats, the reference)"
+
+
 def publish_frontier(client, ref: SweepRef, spec, reference: tuple[float, float], finished: int | None = None) -> list[dict]:
     """Recompute the frontier from the store and publish it on the parent and child runs; return the rows."""
     rows = rank_rows(collect_rows(client, ref))
@@ -69,7 +76,8 @@ def publish_frontier(client, ref: SweepRef, spec, reference: tuple[float, float]
         if row["pareto_rank"] is not None and row.get("_pareto_rank") != row["pareto_rank"]:
             client.log_metric(row["run_id"], "pareto_rank", float(row["pareto_rank"]), step=0)
     curves = reference_curves(spec.base_config)
-    title = f"{ref.name}: {len(done)} completed trials, {sum(r['on_frontier'] for r in rows)} on the frontier, HV {hv:.4g}"
+    title = (f"{ref.name}: {len(done)} completed trials, {sum(r['on_frontier'] for r in rows)} on the frontier, "
+             f"{hypervolume_label(hv, len(done), reference)}")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         write_parquet(rows, folder / "frontier.parquet")

@@ -24,8 +24,16 @@ class Rule:
     metric: str | None = None
 
 
+#: The frontier columns ``max-METRIC`` may maximise: scores where higher is better (the disentanglement metrics,
+#: active units, the mutual information I(x; z)). Others (nelbo, distortion, seed, pareto_rank, …) would pick the
+#: worst or an arbitrary point.
+HIGHER_IS_BETTER = ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness", "factorvae_score",
+                    "betavae_score", "active_units", "mutual_info")  # fmt: skip
+
+
 def parse_rule(text: str) -> Rule:
-    """``knee`` | ``max-rate=R`` | ``max-distortion=D`` | ``max-METRIC`` (any logged metric, e.g. ``max-mig``)."""
+    """``knee`` | ``max-rate=R`` | ``max-distortion=D`` | ``max-METRIC`` (a score of :data:`HIGHER_IS_BETTER`,
+    e.g. ``max-mig``)."""
     if text == "knee":
         return Rule("knee")
     match = re.fullmatch(r"(max-rate|max-distortion)=(.+)", text)
@@ -39,7 +47,11 @@ def parse_rule(text: str) -> Rule:
         return Rule(match.group(1), value)
     match = re.fullmatch(r"max-([A-Za-z][\w/.-]*)", text)
     if match and match.group(1) not in ("rate", "distortion"):
-        return Rule("max-metric", metric=match.group(1).replace("/", "_"))
+        metric = match.group(1).replace("/", "_")
+        if metric not in HIGHER_IS_BETTER:
+            raise PickError(f"--rule {text}: max-METRIC maximises a score where higher is better, one of "
+                            f"{', '.join(HIGHER_IS_BETTER)}; got {metric!r}")  # fmt: skip
+        return Rule("max-metric", metric=metric)
     raise PickError(f"--rule: expected knee, max-rate=R, max-distortion=D or max-METRIC (e.g. max-mig), got {text!r}")
 
 
@@ -83,6 +95,16 @@ def knee_with_reason(points: list[dict[str, Any]]) -> tuple[dict[str, Any], str 
     if below[best] > 0:
         return front[best], None
     return front[0], "no frontier point lies below the chord between its ends (no knee); picked its lowest rate"
+
+
+def collapse_note(row: dict[str, Any]) -> str | None:
+    """A line when the picked point has no active latent unit: its posterior collapsed onto the prior, so its codes
+    carry (almost) nothing — rarely what a pick is for."""
+    if row.get("active_units") != 0:
+        return None
+    return (f"trial {row['trial_id']} has no active latent unit (rate {row['rate']:.3g} nats): its posterior has "
+            f"collapsed onto the prior and its codes carry almost nothing; a rule that allows more rate (e.g. "
+            f"max-rate=R) picks a model that encodes")
 
 
 def _describe(p: dict[str, Any]) -> str:

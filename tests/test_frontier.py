@@ -110,6 +110,22 @@ def test_pick_rules():
     for bad in ("kneee", "max-rate=abc", "max-rate"):
         with pytest.raises(PickError, match="--rule"):
             parse_rule(bad)
+    for backwards in ("max-nelbo", "max-seed", "max-pareto_rank"):  # the worst fit, or a tie-broken arbitrary point
+        with pytest.raises(PickError, match=f"--rule {backwards}: max-METRIC maximises a score where higher is better"):
+            parse_rule(backwards)
+    assert parse_rule("max-dci/disentanglement").metric == "dci_disentanglement"
+
+
+def test_a_pick_of_a_collapsed_model_says_so():
+    """``knee`` on a frontier without one fell back to its lowest rate — a model with no active unit — and said
+    only that there was no knee."""
+    from sweeps.pick import collapse_note
+
+    collapsed = {"trial_id": "t0", "rate": 0.0053, "distortion": 114.0, "active_units": 0.0}
+    note = collapse_note(collapsed)
+    assert note.startswith("trial t0 has no active latent unit (rate 0.0053 nats): its posterior has collapsed")
+    assert collapse_note({**collapsed, "active_units": 2.0}) is None
+    assert collapse_note({k: v for k, v in collapsed.items() if k != "active_units"}) is None  # not measured
 
 
 def test_pick_tags_hold_only_what_the_pick_has(tmp_path):
@@ -252,3 +268,12 @@ def test_mlflow_tracking_uri_is_the_default_store_and_a_bare_host_port_is_refuse
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"bvae frontier: error: {source}: '127.0.0.1:5000' is a server address without its scheme; "
                        f"expected http://127.0.0.1:5000 (or a local path / sqlite:///FILE.db)"], err  # fmt: skip
+
+
+def test_a_hypervolume_of_zero_says_why():
+    from sweeps.live_frontier import hypervolume_label
+
+    assert hypervolume_label(812.46, 3, (50.0, 102.1)) == "HV 812.5"
+    assert hypervolume_label(0.0, 0, (50.0, 102.1)) == "HV 0"
+    assert hypervolume_label(0.0, 4, (50.0, 102.1)) == ("HV 0 (no point has rate < 50 and distortion < 102.1 nats, "
+                                                        "the reference)")  # fmt: skip

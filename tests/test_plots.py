@@ -85,3 +85,18 @@ def test_rd_figure_draws_the_pixel_entropy_floor():
     assert "D ≥ 9.70 (pixel entropy)" in labels
     floor_line = next(line for line in ax.get_lines() if line.get_label() == "D ≥ 9.70 (pixel entropy)")
     assert list(floor_line.get_ydata()) == [9.7, 9.7]
+
+
+def test_the_beta_colour_bar_reads_plain_numbers():
+    """A log-scaled β bar read 2 × 10^0, 3 × 10^0 under matplotlib's default log formatter."""
+    from bvae_core.plots import rate_distortion_figure
+
+    points = [{"rate": r, "distortion": 10 - r, "on_frontier": True, "schedule": "constant", "beta": b}
+              for r, b in ((1.0, 2.0), (2.0, 3.0), (3.0, 4.5))]  # fmt: skip
+    fig = rate_distortion_figure(points)
+    fig.canvas.draw()
+    bar = fig.axes[-1]
+    labels = [t.get_text() for t in bar.yaxis.get_ticklabels(minor=True) + bar.yaxis.get_ticklabels()]
+    shown = [t for t in labels if t]
+    assert shown and not any("10^" in t or "times" in t for t in shown), shown
+    assert "3" in shown
