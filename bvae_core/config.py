@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,6 +39,9 @@ Int = Annotated[int, NotBool]
 Float = Annotated[float, NotBool]
 PositiveFloat = Annotated[float, NotBool, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
 PositiveInt = Annotated[int, NotBool, Field(gt=0)]
+# a seed: torch's generators keep its low 32 bits (seed 2**32 is seed 0, -1 is 2**32 - 1), and the noise draws use
+# seed + 1, so 0 ≤ seed < 2**32 - 1 keeps distinct seeds distinct
+Seed = Annotated[int, NotBool, Field(ge=0, lt=2**32 - 1)]
 # held-out examples: the standard errors and the active units are variances over them, so at least 2
 HeldOutCount = Annotated[int, NotBool, Field(ge=2)]
 
@@ -55,7 +59,7 @@ class DSpritesData(_Strict):
     name: Literal["dsprites"]
     resolution: Literal[64, 32] = 64
     n_test: HeldOutCount | None = None
-    split_seed: Int = 0
+    split_seed: Seed = 0
 
 
 class BlobsData(_Strict):
@@ -64,7 +68,7 @@ class BlobsData(_Strict):
     grid: PositiveInt = 32
     sigma: PositiveFloat = 2.0
     n_test: HeldOutCount | None = None
-    split_seed: Int = 0
+    split_seed: Seed = 0
 
     @model_validator(mode="after")
     def _check_split(self) -> "BlobsData":
@@ -83,7 +87,7 @@ class GaussianData(_Strict):
     rotate: bool = False
     n_train: PositiveInt = 50_000
     n_test: HeldOutCount = 10_000
-    data_seed: Int = 0
+    data_seed: Seed = 0
 
 
 class FileData(_Strict):
@@ -93,7 +97,7 @@ class FileData(_Strict):
     factor_columns: list[str] | None = None
     image_shape: list[PositiveInt] | None = None
     test_fraction: Annotated[float, NotBool, Field(gt=0, lt=1)] = 0.1
-    split_seed: Int = 0
+    split_seed: Seed = 0
 
 
 DatasetConfig = Annotated[Union[DSpritesData, BlobsData, GaussianData, FileData], Field(discriminator="name")]
@@ -216,6 +220,26 @@ class ObjectiveConfig(_Strict):
 
 
 # ---------------------------------------------------------------- training
+def _device_name(value: str) -> str:
+    """A device this trainer runs on: auto, cpu, cuda, cuda:N or mps (whether it is present is checked at start)."""
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise PydanticCustomError("device", "expected auto, cpu, cuda, cuda:N or mps")
+
+
+def _whole_number(value: Any) -> int | None:
+    """``value`` as the whole number pydantic reads it as (an int, an integral float, a string of one), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if isinstance(value, (str, float)) else value
+    except ValueError:
+        return None
+    if isinstance(number, float):
+        return int(number) if number.is_integer() else None
+    return number if isinstance(number, int) else None
+
+
 class TrainSettings(_Strict):
     steps: PositiveInt = 10_000
     batch_size: PositiveInt = 64
@@ -224,7 +248,7 @@ class TrainSettings(_Strict):
     eval_batch_size: PositiveInt = 512
     n_eval: HeldOutCount | None = None  # held-out examples used by evaluate(); None = the whole split
     log_every: PositiveInt = 100
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     threads: PositiveInt | None = None  # torch intra-op threads on CPU; None = torch's default
     channels_last: bool = True
@@ -236,15 +260,15 @@ class TrainSettings(_Strict):
         """``eval_every`` left out: every 1000 steps, or once at the end of a shorter run (``--set train.steps=200``
         alone then works); given, it must be ≤ ``steps`` (TrainConfig says so)."""
         if isinstance(data, dict) and "eval_every" not in data:
-            steps = data.get("steps")
-            if isinstance(steps, int) and not isinstance(steps, bool) and 0 < steps < 1_000:
+            steps = _whole_number(data.get("steps"))  # as pydantic will read it: 200, 200.0, 2e2 or "200"
+            if steps is not None and 0 < steps < 1_000:
                 data = {**data, "eval_every": steps}
         return data
 
 
 class TrainConfig(_Strict):
     name: str = "bvae"
-    seed: Int = 0
+    seed: Seed = 0
     dataset: DatasetConfig
     model: ModelConfig = ModelConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
@@ -253,7 +277,8 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _check_combinations(self) -> "TrainConfig":
         if self.train.eval_every > self.train.steps:
-            raise ValueError(f"train.eval_every: expected ≤ train.steps ({self.train.steps}), got {self.train.eval_every}")
+            raise ValueError(f"train.eval_every: expected ≤ train.steps ({self.train.steps}), got {self.train.eval_every}; "
+                             f"when you shorten a run, lower eval_every with it")  # fmt: skip
         if self.model.arch in ("burgess", "conv") and self.dataset.name == "gaussian":
             raise ValueError(f"model.arch: expected mlp or linear for vector data (dataset gaussian), got {self.model.arch}")
         if self.dataset.name == "gaussian" and self.model.likelihood.kind == "bernoulli":

@@ -59,6 +59,8 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
         trainer = Trainer(cfg)
     except ValueError as e:  # a dataset or model option the config schema cannot check (e.g. n_test too large)
         raise ConfigError(str(e)) from None
+    if out is not None and not str(out).strip():
+        raise ConfigError("out: expected a folder for the run's files, got an empty path")
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
@@ -70,7 +72,10 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
         if (out_dir / "checkpoint.pt").exists():  # said, not silent: the earlier run's files are about to go
             print(f"note: out: {out_dir} already holds a run (checkpoint.pt); this run starts from step 0 and replaces "
                   f"its files", file=sys.stderr, flush=True)  # fmt: skip
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        try:  # the first write: a folder that exists but is read-only stops here, before any training
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        except OSError as e:
+            raise ConfigError(f"out: cannot write to the folder {out_dir}: {e.strerror or e}") from None
     printer = ProgressPrinter(cfg.train.steps) if progress else None
     if printer:
         threads = f" with {trainer.threads.describe()}" if trainer.threads is not None else ""

@@ -16,8 +16,8 @@ from pydantic import BeforeValidator, Field, ValidationError
 from bvae_core.config import (
     ConfigError,
     Float,
-    Int,
     NotBool,
+    Seed,
     TrainConfig,
     _describe,
     _Strict,
@@ -156,7 +156,7 @@ class SearchSettings(_Strict):
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
     trials: Annotated[int, NotBool, Field(gt=0)] = 16
     concurrency: Annotated[int, NotBool, Field(gt=0)] | None = None  # None: as many as the resources allow
-    seed: Int = 0
+    seed: Seed = 0  # the sampler's (numpy's generators take 0 … 2**32 - 1)
     space: dict[str, Any]
     scheduler: SchedulerSettings | None = None
     max_failures: Annotated[int, NotBool, Field(ge=0)] = 1  # retries of a trial whose worker died (from its checkpoint)

@@ -81,6 +81,7 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("unknown distribution", _with("search.space", {"objective.beta": {"normal": [0, 1]}}), "log_uniform"),
         ("empty search space", _with("search.space", {}), "search.space"),
         ("unknown sampler", _with("search.sampler", "bayes"), "search.sampler"),
+        ("a negative sampler seed", _with("search.seed", -1), "search.seed: input should be greater than or equal to 0"),
         ("unknown schedule", _with("base.objective.schedule", {"kind": "cosine"}), "objective.schedule.kind"),
         ("grid over a range", _with("search.sampler", "grid"), "grid sampler"),
         ("fractional GPUs over 1", _with("resources.gpu", 1.5), "resources.gpu"),

@@ -72,6 +72,11 @@ def test_same_config_same_numbers(tiny_config):
     ("model.arch=resnet", "model.arch: input should be"),
     ("train.eval_every=1000", "train.eval_every: expected ≤ train.steps"),
     ("dataset.n_test=64", "dataset.n_test: expected fewer than the grid's 64 positions, got 64"),
+    ("train.device=tpu", "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),  # was exit 1
+    # torch keeps a seed's low 32 bits: 2**32 trained as seed 0, -1 as 2**32 - 1; 2**64 was "Overflow when unpacking"
+    ("seed=4294967296", "seed: input should be less than 4294967295, got 4294967296"),
+    ("seed=-1", "seed: input should be greater than or equal to 0, got -1"),
+    ("dataset.split_seed=99999999999999999999", "dataset.split_seed: input should be less than 4294967295"),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_line_naming_the_field(tiny_config, override, field, capsys):
     from sweeps.cli import main
@@ -108,6 +113,29 @@ def test_an_out_path_that_cannot_be_a_folder_exits_2_before_training(tiny_config
     assert taken.read_text() == "mine"
     assert main(["train", str(tiny_config), "--out", str(taken / "below")]) == 2
     assert "out: cannot create the folder" in capsys.readouterr().err
+    assert main(["train", str(tiny_config), "--out", ""]) == 2  # wrote into the working directory before
+    assert "out: expected a folder for the run's files, got an empty path" in capsys.readouterr().err
+
+
+def test_a_read_only_out_folder_exits_2_before_training(tiny_config, tmp_path, capsys, monkeypatch):
+    """A folder that exists but cannot be written failed with exit 1 (an OSError) where a new one exited 2."""
+    from pathlib import Path
+
+    from sweeps.cli import main
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_write = Path.write_text
+
+    def read_only(self, *args, **kwargs):  # as a read-only mount answers (root ignores chmod: no real mount here)
+        if self.parent == folder:
+            raise OSError(30, "Read-only file system", str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    assert main(["train", str(tiny_config), "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bvae train: error: out: cannot write to the folder {folder}: Read-only file system"
 
 
 def test_metrics_json_is_strict_json():
@@ -142,6 +170,8 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_config):
     ({"steps": 200}, 200),  # a short run left with the default: evaluated once, at its end
     ({"steps": 5000}, 1000),  # the default
     ({"steps": 200, "eval_every": 50}, 50),  # given: kept
+    ({"steps": 2e2}, 200),  # --set train.steps=2e2, 200.0 or "200": refused as eval_every 1000 > steps before
+    ({"steps": "200"}, 200),
 ])  # fmt: skip
 def test_eval_every_defaults_to_at_most_the_run(train, eval_every):
     from bvae_core.config import TrainConfig
