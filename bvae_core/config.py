@@ -378,7 +378,20 @@ def parse_config(data: Any) -> TrainConfig:
 
 class YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading ``1e-4`` and ``5E3`` as numbers (YAML 1.2, and what a user means) — YAML 1.1 needs
-    a dot (``1.0e-4``) and reads ``1e-4`` as a string, which a search-space bound then rejects."""
+    a dot (``1.0e-4``) and reads ``1e-4`` as a string, which a search-space bound then rejects — and refusing a key
+    given twice in one mapping (YAML 1.2 forbids it; PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice in one mapping",
+                                                        key_node.start_mark)  # fmt: skip
+            seen.add(key) if isinstance(key, typing.Hashable) else None
+        return super().construct_mapping(node, deep=deep)
 
 
 YamlLoader.add_implicit_resolver(

@@ -67,6 +67,8 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
     return [
         ("YAML syntax error", "name: x\nbase: {dataset: [\n", "YAML"),
         ("spec is a list", "- 1\n- 2\n", "expected a mapping"),
+        ("a key given twice (PyYAML kept the last)", "name: a\nname: b\n", "line 2: not valid YAML (the key 'name' "
+                                                                            "is given twice in one mapping)"),
         ("unknown top-level key", _with("resorces", {"cpu": 1}), "did you mean 'resources'"),
         ("unknown train-config key", _with("base.objective.betta", 2), "did you mean 'beta'"),
         ("typo in a search path", _with("search.space", {"objective.betta": {"uniform": [1, 2]}}), "objective.betta"),

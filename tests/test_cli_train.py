@@ -199,3 +199,13 @@ def test_a_parquet_file_read_with_torch_loaded_never_aborts_the_exit(tmp_path):
                                       "model": {"arch": "mlp", "latent_dim": 2}}))  # fmt: skip
     codes = [bvae("train", str(config)).returncode for _ in range(6)]  # aborted 4 times in 8 before
     assert codes == [2] * 6
+
+
+def test_yaml_keys_given_twice_are_refused_but_merge_keys_may_override():
+    import yaml as pyyaml
+
+    from bvae_core.config import load_yaml
+
+    with pytest.raises(pyyaml.YAMLError, match="the key 'seed' is given twice"):
+        load_yaml("seed: 1\nmodel: {arch: mlp}\nseed: 2\n")
+    assert load_yaml("a: &x {b: 1}\nc:\n  <<: *x\n  b: 2\n") == {"a": {"b": 1}, "c": {"b": 2}}
