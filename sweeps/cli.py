@@ -255,7 +255,14 @@ def _cmd_pick(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
     parser = argparse.ArgumentParser(prog="bvae", description="β-VAE rate-distortion sweeps: train, sweep, pick β.")
+    try:
+        installed = version("bvae-sweeps")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "(not installed)"
+    parser.add_argument("--version", action="version", version=f"bvae {installed}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sweep(sub)
