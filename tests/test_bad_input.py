@@ -106,9 +106,6 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
          "dataset.grid: expected at least 2"),
         ("eval_every > steps", _with("base.train.eval_every", 100), "train.eval_every"),
         ("name escaping the storage folder", _with("name", "../../etc"), "name"),
-        ("a held-out split of 1 example", {**GOOD, "base": {**file_base, "dataset": {
-            "name": "file", "path": _npz(tmp, "ten.npz", images=np.zeros((10, 32, 32), np.uint8))}}},
-         "dataset.test_fraction: the held-out split of " + str(tmp / "ten.npz") + " has 1 example(s)"),
         ("evaluation on 1 example", _with("base.train.n_eval", 1), "train.n_eval"),
         ("missing data file", {**GOOD, "base": {**file_base, "dataset": {"name": "file", "path": str(tmp / "no.npz")}}},
          "no.npz"),

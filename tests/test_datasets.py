@@ -173,3 +173,13 @@ def test_parquet_factors_leave_out_the_index_pandas_stored(tmp_path):
     frame.to_parquet(tmp_path / "pandas.parquet")  # a non-default index is stored as a column
     ds = make_dataset("file", path=str(tmp_path / "pandas.parquet"), test_fraction=0.34)
     assert ds.factor_names == ("shape",) and ds.skipped_columns == {"__index_level_0__": "the index pandas stored"}
+
+
+def test_a_file_of_three_examples_holds_two_out_at_the_default_fraction(tmp_path):
+    """The README says a file needs 3 examples (2 held out); at the default test_fraction of 0.1 a file of fewer
+    than 15 held out 1, which evaluation then refused."""
+    np.savez(tmp_path / "three.npz", images=np.zeros((3, 8, 8), np.uint8))
+    ds = make_dataset("file", path=str(tmp_path / "three.npz"))
+    assert ds.n_test == 2
+    np.savez(tmp_path / "forty.npz", images=np.zeros((40, 8, 8), np.uint8))
+    assert make_dataset("file", path=str(tmp_path / "forty.npz")).n_test == 4  # the fraction, where it gives ≥ 2

@@ -220,7 +220,7 @@ class FileDataset(Dataset):
             self.factors, self.factor_names = None, ()
         self.example_shape = tuple(self._storage.shape[1:])
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-        n_test = min(max(1, round(n * test_fraction)), n - 1)
+        n_test = min(max(2, round(n * test_fraction)), n - 1)  # 2 at least: a held-out variance needs 2
         # seeded random order: a prefix (train.n_eval) is a uniform sample even when the file is sorted by factors
         self._test_idx, self._train_idx = perm[:n_test].clone(), perm[n_test:]
         self.path = path
