@@ -23,14 +23,14 @@ class ThreadChoice:
     """The thread count a run uses and why (the ``bvae train`` progress line prints :meth:`describe`)."""
 
     threads: int
-    reason: str  # "train.threads", "OMP_NUM_THREADS" or "auto"
+    reason: str  # "train.threads", "OMP_NUM_THREADS", "auto" or "the checkpoint's" (a resumed auto choice)
     cores: int
     busy: float  # cores other processes were using when it was chosen (auto only)
 
     def describe(self) -> str:
         unit = "thread" if self.threads == 1 else "threads"
         if self.reason == "auto":
-            return f"{self.threads} {unit} (auto: load {self.busy:.1f} on {self.cores} cores)"  # load may exceed the cores
+            return f"{self.threads} {unit} (auto: load {self.busy:.2f} on {self.cores} cores)"  # load may exceed the cores
         return f"{self.threads} {unit} ({self.reason})"
 
 
@@ -80,6 +80,13 @@ def choose_threads(requested: int | None, cores: int | None = None, busy: float 
         return ThreadChoice(int(env), "OMP_NUM_THREADS", cores, 0.0)
     busy = busy_cores() if busy is None else busy
     return ThreadChoice(max(1, min(cores, round(cores - busy))), "auto", cores, busy)
+
+
+def keep_threads(threads: int, chosen: ThreadChoice) -> ThreadChoice:
+    """A resumed run whose thread count was chosen automatically continues with the count it trained with (its
+    checkpoint's): on CPU the last digits of a convolution depend on it, and a resume promises the same numbers."""
+    torch.set_num_threads(threads)
+    return ThreadChoice(threads, "the checkpoint's", chosen.cores, chosen.busy)
 
 
 def apply_threads(requested: int | None) -> ThreadChoice:

@@ -37,7 +37,7 @@ from .objectives import (
     make_likelihood,
 )
 from .schedules import ScheduleValue, schedule_value
-from .threads import ThreadChoice, apply_threads
+from .threads import ThreadChoice, apply_threads, keep_threads
 
 TERMS = ("loss", "rate", "distortion")
 GRAPH_WARMUP_STEPS = 3  # eager steps (real ones) before capture: cuDNN/cuBLAS choose kernels, the allocator settles
@@ -327,6 +327,8 @@ class Trainer:
             "noise_generator": self.noise_generator.get_state(),
             "first_bad_step": self._first_bad_step.clone(),
             "bad_terms": self._bad_terms.clone(),
+            # the CPU thread count it trained with: a float sum's order, so the last digits, depend on it
+            **({"threads": self.threads.threads} if self.threads is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -366,6 +368,9 @@ class Trainer:
             config = {**config, "train": {**config["train"], **overrides}}
         trainer = cls(config)
         trainer.load_state_dict(state)
+        saved = state.get("threads")
+        if trainer.threads is not None and trainer.threads.reason == "auto" and saved and saved != trainer.threads.threads:
+            trainer.threads = keep_threads(saved, trainer.threads)  # continue as it trained: bit-identically
         return trainer
 
 

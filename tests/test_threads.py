@@ -17,7 +17,7 @@ def test_auto_takes_the_free_cores_and_at_least_one(monkeypatch):
     assert choose_threads(None, cores=2, busy=6.0).threads == 1
     assert choose_threads(None, cores=8, busy=2.7).threads == 5
     choice = choose_threads(None, cores=2, busy=1.0)
-    assert choice.reason == "auto" and choice.describe() == "1 thread (auto: load 1.0 on 2 cores)"
+    assert choice.reason == "auto" and choice.describe() == "1 thread (auto: load 1.00 on 2 cores)"
 
 
 def test_config_then_environment_win_over_auto(monkeypatch):
@@ -49,3 +49,33 @@ def test_bvae_train_says_how_many_threads_it_chose(capsys, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert f"on cpu with {chosen} thread" in header and "(auto:" in header, header
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_trained_with(monkeypatch, tmp_path):
+    """Auto threads follow the load, and a conv's last digits follow the threads: a checkpoint written with 2 threads
+    and resumed on a busier machine (1 thread) gave other numbers than the run uninterrupted."""
+    import bvae_core.threads as threads
+    from bvae_core import Trainer
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    config = {"seed": 3, "dataset": {"name": "blobs", "resolution": 32, "grid": 8},
+              "model": {"arch": "burgess", "latent_dim": 3},
+              "train": {"steps": 6, "eval_every": 6, "batch_size": 16, "device": "cpu"}}  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # idle: 2 threads
+        whole = Trainer(config)
+        assert whole.threads.threads == 2
+        whole.fit(6)
+        first = Trainer(config)
+        first.fit(3)
+        first.save(tmp_path / "ckpt.pt")
+        monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)  # busier now: auto would take 1
+        resumed = Trainer.load(tmp_path / "ckpt.pt")
+        assert resumed.threads.describe() == "2 threads (the checkpoint's)" and torch.get_num_threads() == 2
+        resumed.fit(3)
+    finally:
+        torch.set_num_threads(before)
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
