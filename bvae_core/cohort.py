@@ -518,6 +518,7 @@ class Cohort:
             "noise_generator": self.noise_generators[k].get_state(),
             "first_bad_step": self._first_bad_step[k].clone(),
             "bad_terms": self._bad_terms[k].clone(),
+            **({"threads": self.threads.threads} if self.threads is not None else {}),
         }
 
     def save_member(self, k: int, path: str | Path) -> None:
