@@ -64,7 +64,7 @@ class DSpritesData(_Strict):
 
 class BlobsData(_Strict):
     name: Literal["blobs"]
-    resolution: Literal[64, 32] = 32
+    resolution: Annotated[int, NotBool, Field(ge=8)] = 32  # any size for mlp/linear; burgess and conv take 32 or 64
     grid: PositiveInt = 32
     sigma: PositiveFloat = 2.0
     n_test: HeldOutCount | None = None

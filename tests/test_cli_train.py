@@ -67,7 +67,8 @@ def test_same_config_same_numbers(tiny_config):
     ("train.stepz=3", "train.stepz: unknown key"),
     ("objective.beta=-1", "objective.beta: input should be greater than 0"),
     ("train.steps=abc", "train.steps: input should be a valid integer"),
-    ("dataset.resolution=48", "dataset.resolution: input should be 64 or 32"),
+    ("dataset.resolution=48", "model: conv architectures take 32 or 64 px images, got 48 px"),  # blobs: any ≥ 8
+    ("dataset.resolution=4", "dataset.resolution: input should be greater than or equal to 8"),
     ("objective.schedule.kind=cosine", "objective.schedule.kind: expected one of"),
     ("model.arch=resnet", "model.arch: input should be"),
     ("train.eval_every=1000", "train.eval_every: expected ≤ train.steps"),

@@ -183,3 +183,11 @@ def test_a_file_of_three_examples_holds_two_out_at_the_default_fraction(tmp_path
     assert ds.n_test == 2
     np.savez(tmp_path / "forty.npz", images=np.zeros((40, 8, 8), np.uint8))
     assert make_dataset("file", path=str(tmp_path / "forty.npz")).n_test == 4  # the fraction, where it gives ≥ 2
+
+
+def test_blobs_render_at_any_resolution_for_the_models_that_take_any():
+    ds = make_dataset("blobs", resolution=20, grid=5)
+    images = ds.render(torch.tensor([[0, 0], [4, 4]]))
+    assert images.shape == (2, 1, 20, 20)
+    peak = [divmod(int(im.argmax()), 20) for im in images[:, 0]]
+    assert peak[0] in ((4, 4), (5, 5)) and peak[1] in ((14, 14), (15, 15))  # centres R/4 and 3R/4, as at 32 and 64 px

@@ -17,8 +17,8 @@ class Blobs(GroundTruthDataset):
 
     def __init__(self, resolution: int = 32, grid: int = 32, sigma: float = 2.0, n_test: int | None = None,
                  split_seed: int = 0, device: torch.device | str = "cpu"):  # fmt: skip
-        if resolution not in (32, 64):
-            raise ValueError(f"dataset.resolution: expected 64 or 32, got {resolution}")
+        if resolution < 8:
+            raise ValueError(f"dataset.resolution: expected at least 8 px, got {resolution}")
         self.resolution, self.sigma = resolution, float(sigma)
         self.factor_sizes = (grid, grid)
         self.example_shape = (1, resolution, resolution)
