@@ -341,7 +341,14 @@ def _did_you_mean(model: type[BaseModel] | None, loc: tuple) -> str:
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
+    parts, after_tag = [], False
+    for p in err["loc"]:  # pydantic puts a tagged union's tag in the path: drop it (not a field named like it)
+        if isinstance(p, str) and p in _TAGS and not after_tag:
+            after_tag = True
+            continue
+        parts.append(str(p))
+        after_tag = False
+    loc = ".".join(parts)
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return f"{loc}: unknown key (not part of the config){_did_you_mean(model, err['loc'])}"

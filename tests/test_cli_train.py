@@ -73,6 +73,7 @@ def test_same_config_same_numbers(tiny_config):
     ("model.arch=resnet", "model.arch: input should be"),
     ("train.eval_every=1000", "train.eval_every: expected ≤ train.steps"),
     ("dataset.n_test=64", "dataset.n_test: expected fewer than the grid's 64 positions, got 64"),
+    ("objective.schedule={kind: free_bits, free_bits: -1}", "objective.schedule.free_bits: input should be greater"),
     ("train.device=tpu", "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),  # was exit 1
     # torch keeps a seed's low 32 bits: 2**32 trained as seed 0, -1 as 2**32 - 1; 2**64 was "Overflow when unpacking"
     ("seed=4294967296", "seed: input should be less than 4294967295, got 4294967296"),
