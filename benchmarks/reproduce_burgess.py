@@ -167,16 +167,17 @@ def _summary(results: list[dict[str, Any]]) -> str:
         cells = []
         for c in cols:
             vals = [r["final"][c] for r in rs if c in r["final"] and not math.isnan(r["final"][c])]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.3g} ± {sd:.2g}" if vals else "–")
+            spread = f" ± {statistics.stdev(vals):.2g}" if len(vals) > 1 else ""  # one seed: no spread to show
+            cells.append(f"{statistics.mean(vals):.3g}{spread}" if vals else "–")
         lines.append(f"| {kind} | {len(rs)} | " + " | ".join(cells) + " |")
     for r in results:
         if r["onset_capacity"]:
             order = sorted(((c, f) for f, c in r["onset_capacity"].items() if c is not None))
-            lines.append(f"\ncapacity seed {r['seed']}: factors come in at C = "
-                         + ", ".join(f"{f} {c:.1f}" for c, f in order)
-                         + (f"; never: {', '.join(f for f, c in r['onset_capacity'].items() if c is None)}"
-                            if None in r["onset_capacity"].values() else ""))  # fmt: skip
+            never = [f for f, c in r["onset_capacity"].items() if c is None]
+            came = ("factors come in at C = " + ", ".join(f"{f} {c:.1f}" for c, f in order)) if order else \
+                "no factor came in"  # fmt: skip
+            lines.append(f"\ncapacity seed {r['seed']}: {came}" + (f"; never: {', '.join(never)}" if never and order else
+                                                                   f" ({', '.join(never)})" if never else ""))  # fmt: skip
     return "\n".join(lines)
 
 
