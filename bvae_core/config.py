@@ -64,7 +64,7 @@ class DSpritesData(_Strict):
 
 class BlobsData(_Strict):
     name: Literal["blobs"]
-    resolution: Annotated[int, NotBool, Field(ge=8)] = 32  # any size for mlp/linear; burgess and conv take 32 or 64
+    resolution: Annotated[int, NotBool, Field(ge=8, le=512)] = 32  # any for mlp/linear; burgess and conv take 32 or 64
     grid: PositiveInt = 32
     sigma: PositiveFloat = 2.0
     n_test: HeldOutCount | None = None
@@ -281,6 +281,9 @@ class TrainConfig(_Strict):
                              f"when you shorten a run, lower eval_every with it")  # fmt: skip
         if self.model.arch in ("burgess", "conv") and self.dataset.name == "gaussian":
             raise ValueError(f"model.arch: expected mlp or linear for vector data (dataset gaussian), got {self.model.arch}")
+        if self.model.arch in ("burgess", "conv") and self.dataset.name == "blobs" and self.dataset.resolution not in (32, 64):
+            raise ValueError(f"dataset.resolution: expected 32 or 64 for model.arch {self.model.arch} (any ≥ 8 for mlp "
+                             f"or linear), got {self.dataset.resolution}")  # fmt: skip
         if self.dataset.name == "gaussian" and self.model.likelihood.kind == "bernoulli":
             raise ValueError("model.likelihood: bernoulli needs values in [0, 1]; the gaussian dataset's are real "
                              "numbers: use {kind: gaussian, sigma: 1.0}")  # fmt: skip

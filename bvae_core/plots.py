@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from .config import schedule_class  # noqa: E402
 from .data.base import Dataset  # noqa: E402
@@ -187,6 +188,14 @@ def floor_label(floor: float) -> str:
     return f"D ≥ {floor:.2f} (pixel entropy)"
 
 
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which log-axis ticks to label (fewer minor ones over wider ranges), each as a plain
+    number: 0.2, 3, 100."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
 def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound: tuple[list[float], list[float]] | None = None,
                            entropy: float | None = None, floor: float | None = None,
                            title: str = "") -> Figure:  # fmt: skip
@@ -243,11 +252,8 @@ def rate_distortion_figure(points: list[dict], *, color_by: str = "beta", bound:
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     bar = fig.colorbar(sm, ax=ax, label=("log-scaled " if isinstance(norm, LogNorm) else "") + color_by)
     if isinstance(norm, LogNorm):  # β as plain numbers (2, 3, 0.5), not matplotlib's 2 × 10^0
-        from matplotlib.ticker import FuncFormatter
-
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        bar.ax.yaxis.set_major_formatter(plain)
-        bar.ax.yaxis.set_minor_formatter(plain)
+        bar.ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        bar.ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))  # thinned over wide ranges
     ax.set_xlabel("rate (nats per example)")
     ax.set_ylabel("distortion (nats per example)")
     ax.set_title(title or "rate-distortion plane", fontsize=10)

@@ -84,7 +84,9 @@ def choose_threads(requested: int | None, cores: int | None = None, busy: float 
 
 def keep_threads(threads: int, chosen: ThreadChoice) -> ThreadChoice:
     """A resumed run whose thread count was chosen automatically continues with the count it trained with (its
-    checkpoint's): on CPU the last digits of a convolution depend on it, and a resume promises the same numbers."""
+    checkpoint's, at most this machine's cores): on CPU the last digits of a convolution depend on it, and a resume
+    promises the same numbers."""
+    threads = min(threads, chosen.cores)  # never more than this machine has (a checkpoint from a bigger one)
     torch.set_num_threads(threads)
     return ThreadChoice(threads, "the checkpoint's", chosen.cores, chosen.busy)
 

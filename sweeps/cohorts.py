@@ -210,7 +210,7 @@ class CohortSearch(Searcher):
         # Early stopping per member (sweeps.member_scheduler): the rungs actor and what it has recorded.
         self._scheduler = spec.search.scheduler
         self._max_evaluations = most_evaluations(spec)
-        self._eval_every: dict[int, int] = {}  # member trial number → its train.eval_every
+        self._member_intervals: dict[int, int] = {}  # member trial number → its train.eval_every
         self._rungs_name = rungs_actor_name(spec)
         self._records: dict[tuple[str, int], tuple[float, bool]] = {}  # (member, evaluation) → (value, stopped)
         self._rungs: Any = None
@@ -232,7 +232,7 @@ class CohortSearch(Searcher):
 
     def _member_eval_every(self, number: int) -> int:
         """A member's own ``train.eval_every`` (the space may search it), worked out once per member."""
-        known = self.__dict__.setdefault("_eval_every", {})  # a searcher saved before this field lacks it
+        known = self.__dict__.setdefault("_member_intervals", {})  # a searcher saved before this field lacks it
         if number not in known:
             known[number] = self._config(self._params[number]).train.eval_every
         return known[number]
@@ -316,7 +316,10 @@ class CohortSearch(Searcher):
         """Cohort trial ``trial_id`` ended in an error and ``bvae sweep resume`` trains it again
         (:mod:`sweeps.searcher_state`). Optuna's FAIL is final, so each member told FAIL by that error (not one that
         had ended before it) becomes a new asked trial with its values, told when it ends. False: none had."""
-        errored = self.__dict__.get("_errored", set())
+        errored = self.__dict__.get("_errored")
+        if errored is None:  # a searcher saved before errors were kept: its members told FAIL (rarely a non-finite one)
+            errored = {n for n in self._told if self._study.trials[n].state == optuna.trial.TrialState.FAIL}
+            self.__dict__["_errored"] = errored
         numbers = self._cohorts.get(trial_id, [])
         reopened = False
         for j, number in enumerate(numbers):

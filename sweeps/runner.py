@@ -135,7 +135,10 @@ def _shown_params(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trial_steps(spec: SweepSpec, params: dict[str, Any]) -> int:
-    return spec.trial_config(dict(params)).train.steps
+    try:
+        return spec.trial_config(dict(params)).train.steps
+    except Exception:  # noqa: BLE001 - a display figure never costs the summary: the base config's steps instead
+        return spec.base_config.train.steps
 
 
 def build_callbacks(spec: SweepSpec, tracking_uri: str, total_trials: int) -> list:

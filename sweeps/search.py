@@ -68,7 +68,12 @@ class SweepSearch(OptunaSearch):
         """``trial_id`` ended in an error and ``bvae sweep resume`` trains it again (:mod:`sweeps.searcher_state`).
         Optuna's FAIL is final, so its values become a new asked trial, told when it ends. False: it had not
         errored here."""
-        errored = self.__dict__.get("_errored", set())
+        errored = self.__dict__.get("_errored")
+        if errored is None:  # a searcher saved before errors were kept: a trial told FAIL that Tune saved as errored
+            errored = {t for t in self._completed_trials
+                       if t in self._ot_trials and self._ot_trials[t].number < len(self._ot_study.trials)
+                       and self._ot_study.trials[self._ot_trials[t].number].state == optuna.trial.TrialState.FAIL}  # fmt: skip
+            self.__dict__["_errored"] = errored
         if trial_id not in errored:
             return False
         errored.discard(trial_id)

@@ -14,7 +14,7 @@ from bvae_core.config import ConfigError, TrainConfig, parse_config, set_dotted
 
 from .member_scheduler import evaluations
 from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, is_distribution,
-                   nested_distributions, parse_distribution, representative)
+                   nested_distributions, parse_distribution)
 
 
 class DefineByRun:
@@ -63,28 +63,38 @@ def planned_trials(spec: SweepSpec) -> int:
 
 
 def _corners(value: Any) -> list[Any]:
-    """The values a search path's distribution can take at its ends: each choice option's low and high end."""
-    options = value["choice"] if is_distribution(value) and "choice" in value else [value]
-    return [representative(option, pick) for option in options for pick in ("low", "high")]
+    """The values a search-space entry can take at its ends: a range's low and high, every option of a choice, and
+    for a mapping every combination of its entries' ends (a choice option may nest several distributions)."""
+    if is_distribution(value):
+        kind, arg = next(iter(value.items()))
+        if kind == "choice":
+            return [corner for option in arg for corner in _corners(option)]
+        return [arg[0], arg[1]]
+    if isinstance(value, dict):
+        keys = list(value)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(_corners(value[k]) for k in keys))]
+    return [value]
 
 
 def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainConfig]:
     """The train configs at every combination of the ends of the search paths that can set one of ``fields``
     (dotted paths into the train config, e.g. ``model.latent_dim``): where the smallest and largest values a trial
-    can take for them lie. ``base``'s config first; combinations no trial can take (invalid configs) are skipped."""
-    yield spec.base_config
+    can take for them lie. ``base``'s config when the space sets none of them (or no combination is valid)."""
     space = spec.raw["search"]["space"]
     paths = [p for p in space if any(f == p or f.startswith(p + ".") for f in fields)]
-    if not paths:
-        return
-    for corner in itertools.product(*(_corners(space[p]) for p in paths)):
+    found = False
+    for corner in itertools.product(*(_corners(space[p]) for p in paths)) if paths else ():
         data = copy.deepcopy(spec.base)
         for path, value in sorted(zip(paths, corner), key=lambda pv: pv[0].count(".")):
             set_dotted(data, path, value)
         try:
-            yield parse_config(data)
+            config = parse_config(data)
         except ConfigError:
             continue  # e.g. eval_every > steps at this corner: no trial takes both
+        found = True
+        yield config
+    if not found:
+        yield spec.base_config
 
 
 def most_evaluations(spec: SweepSpec) -> int:

@@ -170,8 +170,9 @@ def _train_cohort(params: dict[str, Any], sweep) -> None:
                 evaluation = evaluation_index(metrics["step"], train.eval_every)
                 if judge.should_stop(member_id(trial_id, k), evaluation, metrics):
                     cohort.stop(k)  # stops updating; its checkpoint is kept as of this evaluation
-                    metrics[STOPPED_KEY] = True
-                    last[k] = metrics
+                    if cohort.status[k] != FAILED:  # (stop syncs first: a member found diverged is FAIL below)
+                        metrics[STOPPED_KEY] = True
+                        last[k] = metrics
         for k in range(size):
             if cohort.status[k] == FAILED and not reported[k]:  # its loss went non-finite: masked, the others trained on
                 last[k] = results[str(k)] = _member_failure(cohort, k)

@@ -105,6 +105,9 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("a factor grid too small to hold out 2 examples", _with("base.dataset", {"name": "blobs", "grid": 1}),
          "dataset.grid: expected at least 2"),
         ("eval_every > steps", _with("base.train.eval_every", 100), "train.eval_every"),
+        ("blobs at 48 px for the burgess model", _with("base", {**BASE, "model": {"arch": "burgess", "latent_dim": 4},
+                                                                "dataset": {"name": "blobs", "resolution": 48}}),
+         "base.dataset.resolution: expected 32 or 64 for model.arch burgess"),  # fmt: skip
         ("name escaping the storage folder", _with("name", "../../etc"), "name"),
         ("evaluation on 1 example", _with("base.train.n_eval", 1), "train.n_eval"),
         ("missing data file", {**GOOD, "base": {**file_base, "dataset": {"name": "file", "path": str(tmp / "no.npz")}}},

@@ -67,7 +67,8 @@ def test_same_config_same_numbers(tiny_config):
     ("train.stepz=3", "train.stepz: unknown key"),
     ("objective.beta=-1", "objective.beta: input should be greater than 0"),
     ("train.steps=abc", "train.steps: input should be a valid integer"),
-    ("dataset.resolution=48", "model: conv architectures take 32 or 64 px images, got 48 px"),  # blobs: any ≥ 8
+    ("dataset.resolution=48", "dataset.resolution: expected 32 or 64 for model.arch burgess (any ≥ 8 for mlp or "
+                              "linear), got 48"),  # fmt: skip
     ("dataset.resolution=4", "dataset.resolution: input should be greater than or equal to 8"),
     ("objective.schedule.kind=cosine", "objective.schedule.kind: expected one of"),
     ("model.arch=resnet", "model.arch: input should be"),

@@ -10,7 +10,7 @@ import sys
 import optuna
 
 from sweeps.searcher_state import SavedTrial, saved_trials
-from sweeps.search import build_searcher
+from sweeps.search import build_searcher, make_sampler
 from sweeps.spec import parse_spec
 from test_sweep import make_spec
 
@@ -180,3 +180,34 @@ def test_an_errored_cohorts_members_are_told_again_but_not_one_that_had_ended_be
         given += [m["number"] for m in config["members"]]
         search.on_trial_complete(f"u{i}", error=True)
     assert len(given) == 6
+
+
+def test_a_searcher_saved_by_the_previous_version_resumes(tmp_path):
+    """A searcher pickled before this version: a cohort searcher held ``_eval_every`` as an int (a resume crashed on
+    the first member result), and neither kept which trials had errored (those a resume trains again)."""
+    plain = _search(tmp_path)
+    plain.searcher.suggest("t")
+    plain.on_trial_complete("t", error=True)
+    del plain.searcher.searcher.__dict__["_errored"]
+    assert len(plain.settle({"t": SavedTrial("ERROR", {}, {})})) == 1
+    plain.on_trial_complete("t", result={"rate": 1.0, "distortion": 2.0, "done_training": True})
+    assert [t.state.name for t in _study(plain).trials] == ["FAIL", "COMPLETE"]
+
+    data = make_spec(tmp_path, "old", {"trials": 2, "cohort": 2, "seed": 0, "sampler": "random", "concurrency": 1,
+                                       "space": SPACE, "scheduler": {"metric": "nelbo", "grace_period": 1}})  # fmt: skip
+    spec = parse_spec(data)
+    from sweeps.cohorts import CohortSearch
+
+    old = CohortSearch(spec, make_sampler(spec), trials=2)
+    old._params[0] = {"objective.beta": 1.0, "model.latent_dim": 2}
+    old._cohorts["t"] = [0]
+    state = {k: v for k, v in old.__getstate__().items() if k not in ("_member_intervals",)}
+    state["_eval_every"] = 100  # what the previous version saved
+    import pickle
+
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(state))
+    restored = CohortSearch.__new__(CohortSearch)
+    restored.__dict__.update(pickle.loads((tmp_path / "old.pkl").read_bytes()))
+    restored._scheduler = spec.search.scheduler
+    restored.on_trial_result("t", {"members/0/nelbo": 3.0, "members/0/step": 100})
+    assert list(restored._records) == [("t-0", 1)]

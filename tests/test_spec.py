@@ -288,6 +288,9 @@ def test_the_sweep_notes_held_out_metrics_tested_on_their_training_points(datase
     ({"steps": 100, "eval_every": 50}, {"train": {"choice": [{"steps": 100, "eval_every": 50},
                                                              {"steps": 900, "eval_every": 100}]}}, 9),
     ({"steps": 500}, {"train.steps": {"choice": [500, 3000]}}, 3),  # eval_every left out: every 1000 steps
+    ({"steps": 5000, "eval_every": 100}, {"train.steps": {"choice": [200, 400]}}, 4),  # no trial takes base's steps
+    ({"steps": 100, "eval_every": 50}, {"train": {"choice": [{"steps": {"int": [100, 5000]},
+                                                              "eval_every": {"int": [10, 500]}}]}}, 500),  # both nested
 ])
 def test_the_scheduler_counts_the_most_evaluations_any_trial_of_the_space_makes(train, space, most):
     """A trial searched to more steps (or more frequent evaluations) than ``base`` must not be cut at ``base``'s
@@ -338,3 +341,13 @@ def test_the_sweep_names_the_factors_a_data_files_metrics_are_scored_against(tmp
                     f"base.dataset.factor_columns")  # fmt: skip
     named = parse_spec({**data, "base": {**data["base"], "dataset": {**data["base"]["dataset"], "factor_columns": ["x"]}}})
     assert factors_note(named, check_data(named)) == f"eval.metrics: scored against the factors of {path}: x (4 values)"
+
+
+def test_the_latent_size_check_reads_the_sizes_trials_can_take():
+    from sweeps.preflight import PreflightError, check_latent_size
+
+    data = {**SPEC, "base": {**BASE, "model": {**BASE["model"], "latent_dim": 1}}, "eval": {"metrics": ["mig"]}}
+    check_latent_size(parse_spec(data))  # the space's choice [2, 4, 8] replaces base's 1 in every trial
+    data["search"] = {**SPEC["search"], "space": {"objective.beta": {"log_uniform": [0.1, 10]}}}
+    with pytest.raises(PreflightError, match="model.latent_dim can be 1"):
+        check_latent_size(parse_spec(data))
