@@ -211,6 +211,7 @@ class CohortSearch(Searcher):
         self._scheduler = spec.search.scheduler
         self._max_evaluations = most_evaluations(spec)
         self._member_intervals: dict[int, int] = {}  # member trial number → its train.eval_every
+        self._errored: set[int] | None = set()  # members told FAIL by their trial's error (None: an older state's)
         self._rungs_name = rungs_actor_name(spec)
         self._records: dict[tuple[str, int], tuple[float, bool]] = {}  # (member, evaluation) → (value, stopped)
         self._rungs: Any = None
@@ -309,17 +310,21 @@ class CohortSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         for j, number in enumerate(self._cohorts.get(trial_id, [])):
             if error and number not in self._told:  # a resume trains it again (reopen)
-                self.__dict__.setdefault("_errored", set()).add(number)
+                if self.__dict__.get("_errored") is None:
+                    self._errored = set()
+                self._errored.add(number)
             self._tell(number, member_result(result, j), error)
 
-    def reopen(self, trial_id: str) -> bool:
+    def reopen(self, trial_id: str, saved_status: str = "ERROR") -> bool:
         """Cohort trial ``trial_id`` ended in an error and ``bvae sweep resume`` trains it again
-        (:mod:`sweeps.searcher_state`). Optuna's FAIL is final, so each member told FAIL by that error (not one that
-        had ended before it) becomes a new asked trial with its values, told when it ends. False: none had."""
-        errored = self.__dict__.get("_errored")
-        if errored is None:  # a searcher saved before errors were kept: its members told FAIL (rarely a non-finite one)
+        (:mod:`sweeps.searcher_state`; ``saved_status``: Tune's saved status of it). Optuna's FAIL is final, so each
+        member told FAIL by that error (not one that had ended before it) becomes a new asked trial with its values,
+        told when it ends. False: none had."""
+        errored = self.__dict__.get("_errored", set())
+        if errored is None:  # restored from a version that kept no errors: members of a trial saved as errored,
+            if saved_status != "ERROR":  # told FAIL (rarely one whose loss had gone non-finite before the error)
+                return False
             errored = {n for n in self._told if self._study.trials[n].state == optuna.trial.TrialState.FAIL}
-            self.__dict__["_errored"] = errored
         numbers = self._cohorts.get(trial_id, [])
         reopened = False
         for j, number in enumerate(numbers):
@@ -344,7 +349,8 @@ class CohortSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            state = pickle.load(f)
+        self.__dict__.update({"_errored": None, **state})  # None: saved by a version that kept no errors (reopen)
         self._rungs = None
         self._ensure_rungs()  # seeded with what the first driver recorded, before the restored trials ask it
 

@@ -112,17 +112,19 @@ class SweepProgress(Callback):
 
     def eta_seconds(self) -> float | None:
         """Seconds left at the pace so far (training steps per second over all trials), or None before any step.
-        A trial not started yet counts the mean steps of those started (each trains its own ``train.steps``)."""
+        A running trial has its own ``train.steps`` left to train, an ended one (completed, stopped, failed) none,
+        and a trial not started yet the mean steps of those started."""
         elapsed = time.monotonic() - self._started
         before = self._ended_before or set()  # trained before this driver: not part of its pace
         mine = [r for r in self.rows.values() if r.trial_id not in before]
-        work = sum(self._planned(r) if r.status != "RUNNING" else r.step for r in mine)
+        work = sum(r.step for r in mine)  # what was trained: a member stopped at step 2 trained 2 steps, not all
         if work <= 0 or elapsed <= 0:
             return None
         started = [self._planned(r) for r in self.rows.values()]
         pending = max(0, self.total_trials - len(self.rows))
-        left = sum(self._planned(r) for r in mine) + pending * (sum(started) / len(started)) - work
-        return max(0.0, left) / (work / elapsed)
+        left = sum(max(0, self._planned(r) - r.step) for r in mine if r.status == "RUNNING")
+        left += pending * (sum(started) / len(started))
+        return left / (work / elapsed)
 
     def _state(self) -> str:
         done, running, pending = self.counts()

@@ -62,26 +62,38 @@ class SweepSearch(OptunaSearch):
         tell_outcome(self._ot_study, self._ot_trials[trial_id], result, list(self.metric), error)
         self._completed_trials.add(trial_id)
         if error:  # a resume trains it again (reopen)
-            self.__dict__.setdefault("_errored", set()).add(trial_id)
+            if self.__dict__.get("_errored") is None:
+                self._errored = set()
+            self._errored.add(trial_id)
 
-    def reopen(self, trial_id: str) -> bool:
-        """``trial_id`` ended in an error and ``bvae sweep resume`` trains it again (:mod:`sweeps.searcher_state`).
-        Optuna's FAIL is final, so its values become a new asked trial, told when it ends. False: it had not
-        errored here."""
-        errored = self.__dict__.get("_errored")
-        if errored is None:  # a searcher saved before errors were kept: a trial told FAIL that Tune saved as errored
-            errored = {t for t in self._completed_trials
-                       if t in self._ot_trials and self._ot_trials[t].number < len(self._ot_study.trials)
-                       and self._ot_study.trials[self._ot_trials[t].number].state == optuna.trial.TrialState.FAIL}  # fmt: skip
-            self.__dict__["_errored"] = errored
-        if trial_id not in errored:
+    def reopen(self, trial_id: str, saved_status: str = "ERROR") -> bool:
+        """``trial_id`` ended in an error and ``bvae sweep resume`` trains it again (:mod:`sweeps.searcher_state`;
+        ``saved_status``: Tune's saved status of it). Optuna's FAIL is final, so its values become a new asked
+        trial, told when it ends. False: it had not errored here."""
+        errored = self.__dict__.get("_errored", set())
+        if errored is None:  # restored from a version that kept no errors: a trial saved as errored, told FAIL
+            ot_trial = self._ot_trials.get(trial_id)
+            if saved_status != "ERROR" or trial_id not in self._completed_trials or ot_trial is None or \
+                    self._ot_study.trials[ot_trial.number].state != optuna.trial.TrialState.FAIL:  # fmt: skip
+                return False
+        elif trial_id not in errored:
             return False
-        errored.discard(trial_id)
+        else:
+            errored.discard(trial_id)
         self._ot_study.enqueue_trial(dict(self._ot_trials[trial_id].params), skip_if_exists=False)
         self._ot_trials[trial_id] = self._ot_study.ask()
         self._suggest_from_define_by_run_func(self._space, self._ot_trials[trial_id])  # the enqueued values
         self._completed_trials.discard(trial_id)
         return True
+
+    def save(self, checkpoint_path: str) -> None:
+        self.__dict__.setdefault("_errored", set())  # saved even when empty: its absence marks an older state
+        super().save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.__dict__.pop("_errored", None)
+        super().restore(checkpoint_path)
+        self.__dict__.setdefault("_errored", None)  # None: saved by a version that kept no errors (see reopen)
 
     def release(self, trial_id: str) -> None:
         """Tune will never run ``trial_id`` (:mod:`sweeps.searcher_state`): its asked Optuna trial, with the values

@@ -127,7 +127,7 @@ class SweepSearchGenerator(SearchGenerator):
                 limiter.num_unfinished_live_trials += 1
         for trial_id, saved in trials.items():  # errored: told FAIL then, trained again now (resume_errored; a
             # trial saved as running by an older save than the searcher's, which saw its error, runs again too)
-            if saved.status != "TERMINATED" and callable(getattr(searcher, "reopen", None)) and searcher.reopen(trial_id):
+            if saved.status != "TERMINATED" and callable(getattr(searcher, "reopen", None)) and searcher.reopen(trial_id, saved.status):
                 if trial_id not in limiter.live_trials:
                     limiter.live_trials.add(trial_id)
                     limiter.num_unfinished_live_trials += 1

@@ -185,10 +185,17 @@ def test_an_errored_cohorts_members_are_told_again_but_not_one_that_had_ended_be
 def test_a_searcher_saved_by_the_previous_version_resumes(tmp_path):
     """A searcher pickled before this version: a cohort searcher held ``_eval_every`` as an int (a resume crashed on
     the first member result), and neither kept which trials had errored (those a resume trains again)."""
+    import pickle
+
     plain = _search(tmp_path)
     plain.searcher.suggest("t")
     plain.on_trial_complete("t", error=True)
-    del plain.searcher.searcher.__dict__["_errored"]
+    plain.searcher.searcher.save(str(tmp_path / "plain.pkl"))
+    state = pickle.loads((tmp_path / "plain.pkl").read_bytes())
+    del state["_errored"]  # as the previous version saved it
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(state))
+    plain.searcher.searcher.restore(str(tmp_path / "plain.pkl"))
+    assert plain.settle({"t": SavedTrial("RUNNING", {}, {})}) == []  # not saved as errored: not read as one
     assert len(plain.settle({"t": SavedTrial("ERROR", {}, {})})) == 1
     plain.on_trial_complete("t", result={"rate": 1.0, "distortion": 2.0, "done_training": True})
     assert [t.state.name for t in _study(plain).trials] == ["FAIL", "COMPLETE"]
@@ -201,13 +208,27 @@ def test_a_searcher_saved_by_the_previous_version_resumes(tmp_path):
     old = CohortSearch(spec, make_sampler(spec), trials=2)
     old._params[0] = {"objective.beta": 1.0, "model.latent_dim": 2}
     old._cohorts["t"] = [0]
-    state = {k: v for k, v in old.__getstate__().items() if k not in ("_member_intervals",)}
+    state = {k: v for k, v in old.__getstate__().items() if k not in ("_member_intervals", "_errored")}
     state["_eval_every"] = 100  # what the previous version saved
-    import pickle
-
     (tmp_path / "old.pkl").write_bytes(pickle.dumps(state))
     restored = CohortSearch.__new__(CohortSearch)
     restored.__dict__.update(pickle.loads((tmp_path / "old.pkl").read_bytes()))
     restored._scheduler = spec.search.scheduler
     restored.on_trial_result("t", {"members/0/nelbo": 3.0, "members/0/step": 100})
     assert list(restored._records) == [("t-0", 1)]
+
+
+def test_an_interrupted_cohort_whose_member_had_diverged_is_not_asked_again(tmp_path):
+    """A member told FAIL for its non-finite loss, in a cohort interrupted while the others trained: the resume
+    said "had errored" and gave Optuna a second FAIL for it (no trial had errored)."""
+    search = _search(tmp_path, cohort=2, trials=2)
+    members = search.searcher.suggest("t")["members"]
+    search.on_trial_result("t", {"members/0/rate": float("nan"), "members/0/distortion": float("nan"),
+                                 "members/0/step": 2, "members/0/error": "non-finite loss at step 2"})  # fmt: skip
+    asked = len(_study(search).trials)
+    search.searcher.searcher.save(str(tmp_path / "s.pkl"))
+    restored = _search(tmp_path, cohort=2, trials=2)
+    restored.searcher.searcher.restore(str(tmp_path / "s.pkl"))
+    restored.searcher.live_trials.add("t")
+    assert restored.settle({"t": SavedTrial("RUNNING", {}, {})}) == []
+    assert len(_study(restored).trials) == asked and _study(restored).trials[members[0]["number"]].state.name == "FAIL"

@@ -251,3 +251,22 @@ def test_the_progress_line_counts_each_trials_own_steps():
     progress.on_trial_result(0, [], short, {"step": 100, "rate": 1.0, "distortion": 2.0})
     # 400 steps done of 400 + 100 + one pending trial of (400 + 100) / 2: 100 + 250 left, at 40 steps/s
     assert progress.eta_seconds() == pytest.approx(350 / (400 / 10.0), rel=0.02)
+
+
+def test_the_eta_counts_what_an_ended_trial_trained_not_its_plan():
+    """A member stopped at step 2 of 4,000 counted as 4,000 steps of work done: the ETA ran low by 2–3×."""
+    import io
+    from types import SimpleNamespace
+
+    from sweeps.progress import SweepProgress
+
+    progress = SweepProgress(2, 4000, stream=io.StringIO())
+    stopped, running = (SimpleNamespace(trial_id=i, status="RUNNING", config={}, last_result=None) for i in "ab")
+    for trial in (stopped, running):
+        progress.on_trial_start(0, [], trial)
+    progress._started -= 10.0
+    stopped.last_result = {"step": 2, "rate": 1.0, "distortion": 2.0, DONE_KEY: False}
+    progress.on_trial_complete(0, [], stopped)
+    progress.on_trial_result(0, [], running, {"step": 1000, "rate": 1.0, "distortion": 2.0})
+    # 1,002 steps trained in 10 s; 3,000 left of the running trial, none of the stopped one
+    assert progress.eta_seconds() == pytest.approx(3000 / (1002 / 10.0), rel=0.02)
