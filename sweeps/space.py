@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Iterator
@@ -10,10 +9,10 @@ from typing import Any
 
 import optuna
 
-from bvae_core.config import ConfigError, TrainConfig, parse_config, set_dotted
+from bvae_core.config import ConfigError, TrainConfig, parse_config
 
 from .member_scheduler import evaluations
-from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, is_distribution,
+from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, apply_params, is_distribution,
                    nested_distributions, parse_distribution)
 
 
@@ -84,11 +83,8 @@ def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainCo
     paths = [p for p in space if any(f == p or f.startswith(p + ".") for f in fields)]
     found = False
     for corner in itertools.product(*(_corners(space[p]) for p in paths)) if paths else ():
-        data = copy.deepcopy(spec.base)
-        for path, value in sorted(zip(paths, corner), key=lambda pv: pv[0].count(".")):
-            set_dotted(data, path, value)
         try:
-            config = parse_config(data)
+            config = parse_config(apply_params(spec.base, dict(zip(paths, corner))))  # as a trial's config is made
         except ConfigError:
             continue  # e.g. eval_every > steps at this corner: no trial takes both
         found = True
