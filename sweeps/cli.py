@@ -102,7 +102,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"bvae sweep: interrupted; its state is saved. Continue it with: {resume_command(args)}",
               file=sys.stderr)  # fmt: skip
         return 130
-    return 0
+    return 1 if errored else 0  # not done: a script's next step (or a cluster's next submit) must know
 
 
 def _add_frontier_and_pick(sub: argparse._SubParsersAction) -> None:

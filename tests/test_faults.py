@@ -102,7 +102,7 @@ def test_errored_trials_a_resume_trains_again_end_completed_in_optuna_and_mlflow
     data = _spec(tmp_path, "errored", trials=2, max_failures=0)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150})
-    assert first.returncode == 0 and "0/2 trials completed" in first.stdout, first.stderr[-3000:]
+    assert first.returncode == 1 and "0/2 trials completed" in first.stdout, first.stderr[-3000:]  # not done
     assert "bvae sweep: 2 trials errored (each run's bvae.reason tag says why); bvae sweep resume spec.yaml trains " \
            "them from their last checkpoints" in first.stderr  # fmt: skip
     resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
@@ -127,7 +127,7 @@ def test_resume_with_another_tracking_uri_logs_the_resumed_trials_there(tmp_path
     data = _spec(tmp_path, "moved", trials=2, max_failures=0)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150})  # every trial errors once
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]
     assert "0/2 trials completed" in first.stdout
     key = str(tmp_path / "ray_results" / "moved")
     _, _, old = _runs(data["tracking"]["uri"], "moved", key)
@@ -397,7 +397,7 @@ def test_a_corrupt_checkpoint_at_resume_is_named_and_the_previous_one_used(tmp_p
     data = _spec(tmp_path, "corrupt", trials=1, max_failures=0)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 250})  # errors after 2 checkpoints
-    assert first.returncode == 0 and "0/1 trials completed" in first.stdout, first.stderr[-3000:]
+    assert first.returncode == 1 and "0/1 trials completed" in first.stdout, first.stderr[-3000:]
     checkpoints = sorted((tmp_path / "ray_results" / "corrupt").glob("*/checkpoint_*/checkpoint.pt"))
     assert len(checkpoints) == 2
     latest = checkpoints[-1]
