@@ -131,10 +131,12 @@ def on_side_stream(side: torch.cuda.Stream, device: torch.device, step: Callable
 
 
 def non_finite_error(step: int, terms: dict[str, float]) -> NonFiniteLossError:
-    """The error for the first step whose ``loss``/``rate``/``distortion`` were not all finite, naming the culprit."""
+    """The error for the first step whose ``loss``/``rate``/``distortion`` were not all finite, naming the culprit.
+    ``step`` is the step's 0-based index; the message counts as progress lines and MLflow steps do (the first update
+    is step 1)."""
     culprit = next((t for t in ("distortion", "rate") if not math.isfinite(terms[t])), "loss")
     return NonFiniteLossError(
-        f"non-finite {culprit} at step {step} (loss={terms['loss']}, rate={terms['rate']}, "
+        f"non-finite {culprit} at step {step + 1} (loss={terms['loss']}, rate={terms['rate']}, "
         f"distortion={terms['distortion']}); lower train.lr or check the data and the likelihood"
     )
 

@@ -82,7 +82,7 @@ def test_non_finite_loss_names_step_and_term():
         "train": {"steps": 50, "eval_every": 50, "log_every": 20},
     }
     trainer = Trainer(config, dataset=_PoisonedSource(poison_at=13))
-    with pytest.raises(NonFiniteLossError, match=r"non-finite distortion at step 13\b"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite distortion at step 14\b"):  # the 14th update, 1-based
         trainer.fit()
     assert trainer.step == 20  # detected at the next log boundary, not later
 
