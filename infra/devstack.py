@@ -480,12 +480,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"devstack: error: --dir: no stack runs from {stack.dir}", file=sys.stderr)
                 return 2
             print(_exports(state["env"]))
+        elif args.command == "env":
+            state = stack.state()
+            if not state:
+                print(f"devstack: error: --dir: no stack runs from {stack.dir} (start one with `up`)", file=sys.stderr)
+                return 2
+            print(_exports(state["env"]))
         elif args.command == "status":
             state = stack.state()
             running = {p.stem: _alive(int(p.read_text().split()[0])) for p in stack.dir.glob("*.pid")}
             print(json.dumps({"state": state, "running": running}, indent=2))
             return 0 if state and all(running.values()) else 1
-        else:
+        else:  # down
             stopped = down_stack(stack)
             print(f"stopped {', '.join(stopped) or 'nothing (no stack ran from ' + str(stack.dir) + ')'}",
                   file=sys.stderr)  # fmt: skip

@@ -101,6 +101,8 @@ def test_a_worker_node_joins_the_head_on_loopback_and_down_stops_it(tmp_path):
         assert up.returncode == 0, up.stderr
         worker = _devstack("worker", "--cpus", "1", "--dir", str(stack), timeout=200)
         assert worker.returncode == 0 and "worker-1 joined with 1 CPU(s)" in worker.stderr, worker.stderr
+        env = _devstack("env", "--dir", str(stack))  # prints the exports, stops nothing (it once ran `down`)
+        assert env.returncode == 0 and env.stdout == up.stdout and "stopped" not in env.stderr, env.stderr
         state = json.loads((stack / "state.json").read_text())
         nodes = alive_nodes(state["ray"]["dashboard"])
         assert {n["node_ip"] for n in nodes} == {"127.0.0.1"}, nodes  # loopback only
@@ -133,3 +135,5 @@ def test_a_worker_node_joins_the_head_on_loopback_and_down_stops_it(tmp_path):
     assert not _live_members(set(pids.values())), pids
     assert _bvr_dirs() <= before  # the head's and the worker's temp folders
     assert _devstack("worker", "--dir", str(stack)).returncode == 2  # no stack: one line, exit 2
+    no_stack = _devstack("env", "--dir", str(stack))
+    assert no_stack.returncode == 2 and no_stack.stdout == "" and "no stack runs from" in no_stack.stderr
