@@ -76,6 +76,14 @@ def resume_command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def errored_line(errored: int, resume: str) -> str:
+    """The sweep's last line when ``errored`` trials errored: why, and the command (``resume``) that trains them."""
+    what = ("trials errored (each run's bvae.reason tag says why); train them again from their last checkpoints"
+            if errored > 1 else "trial errored (its run's bvae.reason tag says why); train it again from its last "
+            "checkpoint")  # fmt: skip
+    return f"bvae sweep: {errored} {what} with: {resume}"
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
@@ -95,9 +103,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"See it in MLflow: {ui_command(outcome.tracking_uri, outcome.experiment_id)}")
     errored = sum(r.status == "ERROR" for r in outcome.rows)
     if errored and not outcome.interrupted:
-        them = "them from their last checkpoints" if errored > 1 else "it from its last checkpoint"
-        print(f"bvae sweep: {errored} trial{'s' if errored > 1 else ''} errored (each run's bvae.reason tag says why); "
-              f"{resume_command(args)} trains {them}", file=sys.stderr)  # fmt: skip
+        print(errored_line(errored, resume_command(args)), file=sys.stderr)
     if outcome.interrupted:
         print(f"bvae sweep: interrupted; its state is saved. Continue it with: {resume_command(args)}",
               file=sys.stderr)  # fmt: skip

@@ -396,6 +396,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- cluster side: the job's driver
+def continue_hint(name: str) -> str:
+    """How a submitted sweep is continued (the driver's stand-in for ``bvae sweep resume …``)."""
+    return f"bvae sweep submit SPEC (the spec of sweep {name!r}, with the --set values it was submitted with)"
+
+
 def drive(spec_path: str) -> int:
     """The submitted job's entrypoint: resume the sweep when its Tune experiment exists in its storage, else run
     it. SIGINT (``stop``) and SIGTERM end it as Ctrl+C would: Tune saves its state and the runs end KILLED."""
@@ -426,8 +431,7 @@ def drive(spec_path: str) -> int:
     if tune.Tuner.can_restore(experiment_path(spec), storage_filesystem=storage_filesystem(spec)):
         argv[1] = "resume"
     print(f"bvae job driver: {' '.join(argv)} (storage {experiment_path(spec)})", flush=True)
-    os.environ[cli.CONTINUE_HINT_ENV] = (f"bvae sweep submit SPEC (the spec of sweep {spec.name!r}, with the --set "
-                                         f"values it was submitted with): the next attempt resumes it")  # fmt: skip
+    os.environ[cli.CONTINUE_HINT_ENV] = continue_hint(spec.name)
     return cli.main(argv)
 
 

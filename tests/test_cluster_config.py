@@ -221,3 +221,21 @@ def test_a_failed_jobs_status_line_shows_the_drivers_error():
     long = JobDetails(type=JobType.SUBMISSION, entrypoint="x", status=JobStatus.FAILED, driver_exit_code=1,
                       message="Job entrypoint command failed with exit code 1, …:\n" + "e" * 500)  # fmt: skip
     assert len(job_message(long)) == 160 and job_message(long).endswith("…")
+
+
+def test_a_job_whose_trials_errored_says_so_and_how_to_continue_in_its_status_line():
+    """The driver's last line joined the cluster's hint to the local wording: "…: the next attempt resumes it trains
+    it from its last checkpoint"; the status line must start with what happened."""
+    from ray.job_submission import JobDetails, JobStatus, JobType
+
+    from sweeps.cli import errored_line
+    from sweeps.jobs import continue_hint, job_message
+
+    last = errored_line(1, continue_hint("qs3"))
+    assert last == ("bvae sweep: 1 trial errored (its run's bvae.reason tag says why); train it again from its last "
+                    "checkpoint with: bvae sweep submit SPEC (the spec of sweep 'qs3', with the --set values it was "
+                    "submitted with)")  # fmt: skip
+    failed = JobDetails(type=JobType.SUBMISSION, entrypoint="x", status=JobStatus.FAILED, driver_exit_code=1,
+                        message=f"Job entrypoint command failed with exit code 1, …:\nprogress\n{last}\n")  # fmt: skip
+    assert job_message(failed).startswith("exit code 1: bvae sweep: 1 trial errored (its run's bvae.reason tag says "
+                                          "why); train it again")  # fmt: skip

@@ -103,8 +103,8 @@ def test_errored_trials_a_resume_trains_again_end_completed_in_optuna_and_mlflow
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     first = _bvae(tmp_path, "sweep", "run", "spec.yaml", faults={"raise_at_step": 150})
     assert first.returncode == 1 and "0/2 trials completed" in first.stdout, first.stderr[-3000:]  # not done
-    assert "bvae sweep: 2 trials errored (each run's bvae.reason tag says why); bvae sweep resume spec.yaml trains " \
-           "them from their last checkpoints" in first.stderr  # fmt: skip
+    assert "bvae sweep: 2 trials errored (each run's bvae.reason tag says why); train them again from their last " \
+           "checkpoints with: bvae sweep resume spec.yaml" in first.stderr  # fmt: skip
     resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
     assert resumed.returncode == 0 and "2/2 trials completed" in resumed.stdout, resumed.stderr[-3000:]
     assert resumed.stderr.count("had errored and trains again") == 2
