@@ -82,7 +82,8 @@ def member_result(result: dict[str, Any] | None, j: int) -> dict[str, Any] | Non
 @dataclass
 class MemberTrial:
     """What the callbacks read of a trial (``trial_id``, ``config``, ``last_result``, ``checkpoint``,
-    ``error_file``, ``status``), for one member of a cohort trial."""
+    ``error_file``, ``status``, ``num_failures``), for one member of a cohort trial; ``cohort``: the id of the Tune
+    trial it trains in (its errors and retries are that trial's)."""
 
     trial_id: str
     config: dict[str, Any]
@@ -90,6 +91,8 @@ class MemberTrial:
     checkpoint: Any
     error_file: str | None
     status: str
+    num_failures: int = 0
+    cohort: str | None = None
 
 
 def members_of(trial: Any, result: dict[str, Any] | None = None) -> list[MemberTrial]:
@@ -108,7 +111,8 @@ def members_of(trial: Any, result: dict[str, Any] | None = None) -> list[MemberT
         own = member_result(result, j)
         status = ENDED_STATUS if ended_early(own) else getattr(trial, "status", "")
         views.append(MemberTrial(member_id(trial.trial_id, j), dict(member["params"]), own, own_checkpoint,
-                                 getattr(trial, "error_file", None), status))  # fmt: skip
+                                 getattr(trial, "error_file", None), status, getattr(trial, "num_failures", 0),
+                                 trial.trial_id))  # fmt: skip
     return views
 
 

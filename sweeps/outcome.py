@@ -70,3 +70,14 @@ def trial_outcome(result: Mapping[str, Any] | None, error: bool = False,
             message = result.get("error") or f"{name} is {'missing' if name not in result else result.get(name)}"
             return Outcome(**{**FAILED.__dict__, "reason": str(message)})
     return COMPLETED if result.get(DONE_KEY) else PRUNED
+
+
+def error_line(trial: Any) -> str:
+    """The last line of a trial's error (Tune writes it to ``error.txt`` in the trial's folder)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read() if path else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else "the trial raised (see its log)"

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from .outcome import trial_outcome
+from .outcome import error_line, trial_outcome
 from .tables import format_table
 
 
@@ -60,6 +60,7 @@ class SweepProgress(Callback):
         self._trial_steps = trial_steps
         self.rows: dict[str, TrialRow] = {}
         self._ended_before: set[str] | None = None  # trials that had ended before this driver (a resume); None: unread
+        self._told_failures: set[tuple[str, str, int]] = set()  # (event, trial or cohort, failure count) shown
         self._stream = stream
         self._show_params = show_params
         self._started = time.monotonic()
@@ -70,7 +71,7 @@ class SweepProgress(Callback):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"_ended_before": None, "_trial_steps": None, **state})
+        self.__dict__.update({"_ended_before": None, "_trial_steps": None, **state, "_told_failures": set()})
         self._started = time.monotonic()  # a resumed driver measures its own pace
 
     @property
@@ -179,6 +180,30 @@ class SweepProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "ERROR")
+        if self._first_word_on(trial, "error"):  # once for a cohort: its members share the error
+            self._print(f"    {self._failing(trial)} errored: {error_line(trial)[:300]}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A trial that raised and is retried from its last checkpoint (``search.max_failures``): one line, in place
+        of Ray's traceback (``BVAE_DEBUG=1`` shows it)."""
+        if self._first_word_on(trial, "retry"):
+            retry = getattr(trial, "num_failures", 0)
+            self._print(f"[{time.monotonic() - self._started:7.1f}s] trial {self._failing(trial)} errored; retried "
+                        f"from its last checkpoint (retry {retry}): {error_line(trial)[:300]}")  # fmt: skip
+
+    @staticmethod
+    def _failing(trial) -> str:
+        """What raised: the trial, or for a cohort member the cohort's trial (``… (cohort)``)."""
+        cohort = getattr(trial, "cohort", None)
+        return f"{cohort} (cohort)" if cohort else trial.trial_id
+
+    def _first_word_on(self, trial, event: str) -> bool:
+        """Whether this failure of ``trial`` (for a member: of its cohort) has not been told yet by ``event``."""
+        key = (event, getattr(trial, "cohort", None) or trial.trial_id, getattr(trial, "num_failures", 0))
+        if key in self._told_failures:
+            return False
+        self._told_failures.add(key)
+        return True
 
     def _finish(self, trial, status: str, reason: str = "") -> None:
         row = self._row(trial)

@@ -10,6 +10,7 @@ the project's own lines come first and every other warning still shows.
 | MLflow | artifact download/upload progress bars | one small checkpoint |
 | MLflow | "🏃 View run … at: http://…" on stdout for every run ended on a server | one line per trial in the middle of the summary; the sweep prints where to look |
 | Ray Tune (`ray.tune.tune`) | "Experiment has been interrupted … Resume experiment with: Tuner.restore(…)" | `bvae sweep` prints its own line: `bvae sweep resume SPEC` |
+| Ray Tune (`ray.tune.tune`) | "Trials did not complete: [train_trial_…]" | each errored trial has its progress line and reason; the sweep's last line says how to train them again |
 | Ray (`…authentication_token_setup`) | "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out" | the embedded Ray keeps Ray's secure default (token auth, on 127.0.0.1); nothing to do |
 
 The opposite notice ("Token authentication is *disabled* … Anyone with network access …") is kept: it concerns the
@@ -23,7 +24,7 @@ import os
 import re
 
 _SILENCED: dict[str, re.Pattern[str]] = {
-    "ray.tune.tune": re.compile(r"Experiment has been interrupted"),
+    "ray.tune.tune": re.compile(r"Experiment has been interrupted|Trials did not complete"),
     "ray._private.authentication.authentication_token_setup": re.compile(r"Token authentication is enabled for this"),
     "mlflow.utils.requirements_utils": re.compile(r"version \([^)]*\) contains a local version label"),
     "mlflow.store.db.utils": re.compile(r"Creating initial MLflow database tables|Updating database tables"),

@@ -71,6 +71,8 @@ def init_ray(spec: SweepSpec) -> None:
 
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+    if not os.environ.get("BVAE_DEBUG"):  # a trial's error is one progress line (its run's bvae.reason too)
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # not Ray's traceback
     if ray.is_initialized():
         return
     if spec.ray.address is None:

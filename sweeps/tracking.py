@@ -35,7 +35,7 @@ from ray.tune import Callback
 from bvae_core.config import objective_settings
 
 from .faults import kill_driver_if_planned
-from .outcome import INTERRUPTED, NOTICE_KEY, trial_outcome
+from .outcome import INTERRUPTED, NOTICE_KEY, error_line, trial_outcome
 from .store import (
     CONTRACT_METRICS,
     FAILED,
@@ -168,17 +168,6 @@ def describe_trial(spec: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[
 # --------------------------------------------------------------------------------------------------------------
 # The callback
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _error_line(trial: Trial) -> str:
-    """The last line of a trial's error (Tune writes it to ``error.txt`` in the trial's folder)."""
-    path = getattr(trial, "error_file", None)
-    try:
-        text = open(path, encoding="utf-8", errors="replace").read() if path else ""
-    except OSError:
-        text = ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:1000] if lines else "the trial raised (see its log)"
 
 
 _PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
@@ -458,7 +447,7 @@ class MLflowTracking(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._told_end.add(trial.trial_id)
-        outcome, reason = trial_outcome(None, error=True), _error_line(trial)
+        outcome, reason = trial_outcome(None, error=True), error_line(trial)
 
         def write() -> None:
             run_id = self._known_child(trial) or self._ensure_child(trial)

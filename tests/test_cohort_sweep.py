@@ -245,6 +245,10 @@ def test_a_cohort_raising_mid_training_resumes_mid_cohort_to_a_clean_runs_number
     assert len(runs) == len({r.data.tags["bvae.trial_id"] for r in runs}) == 4  # one run per member
     assert all(r.info.status == "FINISHED" for r in runs) and parent.info.status == "FINISHED"
     assert all(int(r.data.tags.get("bvae.retries", "0")) >= 1 for r in runs)  # every cohort was retried
+    cohorts = {r.data.tags["bvae.trial_id"].rsplit("-", 1)[0] for r in runs}
+    for cohort in cohorts:  # one line per cohort's retry, not one per member (nor Ray's traceback)
+        assert done.stderr.count(f"trial {cohort} (cohort) errored; retried from its last checkpoint (retry 1): ") == 1
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     points = lambda rs: {r.data.params["objective.beta"]: (r.data.metrics["rate"], r.data.metrics["distortion"])
                          for r in rs}  # fmt: skip
     assert points(runs) == points(clean_runs)  # resumed mid-cohort from its checkpoint: bit for bit on this CPU

@@ -90,6 +90,11 @@ def test_trials_raising_mid_training_are_retried_from_their_checkpoints_to_a_cle
     assert _points(runs) == _points(clean_runs)
     retried = [r for r in runs if int(r.data.tags.get("bvae.retries", "0")) >= 1]
     assert retried, "no trial was retried: the fault did not fire"
+    # each retry is one line naming the trial and its error, not Ray's traceback (BVAE_DEBUG=1 shows that)
+    for run in retried:
+        assert (f"trial {run.data.tags['bvae.trial_id']} errored; retried from its last checkpoint (retry 1): "
+                f"sweeps.faults.InjectedFault: BVAE_FAULTS: trial") in done.stderr, done.stderr[-3000:]  # fmt: skip
+    assert "Traceback" not in done.stderr and "Trial task failed" not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -105,6 +110,8 @@ def test_errored_trials_a_resume_trains_again_end_completed_in_optuna_and_mlflow
     assert first.returncode == 1 and "0/2 trials completed" in first.stdout, first.stderr[-3000:]  # not done
     assert "bvae sweep: 2 trials errored (each run's bvae.reason tag says why); train them again from their last " \
            "checkpoints with: bvae sweep resume spec.yaml" in first.stderr  # fmt: skip
+    assert first.stderr.count(" errored: sweeps.faults.InjectedFault: BVAE_FAULTS: trial ") == 2, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr and "Trials did not complete" not in first.stderr, first.stderr[-3000:]
     resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml")
     assert resumed.returncode == 0 and "2/2 trials completed" in resumed.stdout, resumed.stderr[-3000:]
     assert resumed.stderr.count("had errored and trains again") == 2
