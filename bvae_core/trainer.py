@@ -68,12 +68,17 @@ def keep_freed_memory() -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU."""
+    """``auto`` → CUDA when present, else CPU; a device asked for by name must be present (ValueError naming it)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device: {name} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"train.device: {name} requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")  # fmt: skip
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train.device: {name} requested but MPS (Apple silicon) is not available on this machine")
     return device
 
 

@@ -207,6 +207,24 @@ def check_local_resources(spec: SweepSpec) -> None:
                                  f"(ray.address)")  # fmt: skip
 
 
+def check_devices(spec: SweepSpec) -> None:
+    """On the embedded Ray, every ``train.device`` a trial can get must be on this machine (``cuda`` without CUDA
+    would fail every trial). A cluster's workers may have what the driver's machine lacks: left to them."""
+    if spec.ray.address is not None:
+        return
+    from bvae_core.trainer import resolve_device
+
+    from .space import corner_configs
+
+    where = "search.space." if "train.device" in spec.space else "base."
+    for config in corner_configs(spec, ("train.device",)):
+        try:
+            resolve_device(config.train.device)
+        except ValueError as exc:
+            raise PreflightError(f"{where}{exc}; use auto (CUDA when present) or cpu, or run on a cluster with GPUs "
+                                 f"(ray.address)") from None  # fmt: skip
+
+
 def check_storage(path: str) -> None:
     """The storage root must be writable: a local folder is created (that is all a sweep writes before Ray), an
     ``s3://`` prefix gets a probe object written and removed (credentials and endpoint from the standard AWS
@@ -237,6 +255,7 @@ def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
     not stop it)."""
     check_ray_address(spec.ray.address)
     check_local_resources(spec)
+    check_devices(spec)
     check_storage(spec.storage.path)
     check_latent_size(spec)
     data = check_data(spec)

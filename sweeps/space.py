@@ -12,7 +12,7 @@ import optuna
 from bvae_core.config import ConfigError, TrainConfig, parse_config
 
 from .member_scheduler import evaluations
-from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, apply_params, is_distribution,
+from .spec import (Choice, Distribution, IntRange, LogUniform, SweepSpec, Uniform, apply_params, corners,
                    nested_distributions, parse_distribution)
 
 
@@ -61,20 +61,6 @@ def planned_trials(spec: SweepSpec) -> int:
     return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
 
 
-def _corners(value: Any) -> list[Any]:
-    """The values a search-space entry can take at its ends: a range's low and high, every option of a choice, and
-    for a mapping every combination of its entries' ends (a choice option may nest several distributions)."""
-    if is_distribution(value):
-        kind, arg = next(iter(value.items()))
-        if kind == "choice":
-            return [corner for option in arg for corner in _corners(option)]
-        return [arg[0], arg[1]]
-    if isinstance(value, dict):
-        keys = list(value)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(_corners(value[k]) for k in keys))]
-    return [value]
-
-
 def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainConfig]:
     """The train configs at every combination of the ends of the search paths that can set one of ``fields``
     (dotted paths into the train config, e.g. ``model.latent_dim``): where the smallest and largest values a trial
@@ -82,7 +68,7 @@ def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainCo
     space = spec.raw["search"]["space"]
     paths = [p for p in space if any(f == p or f.startswith(p + ".") for f in fields)]
     found = False
-    for corner in itertools.product(*(_corners(space[p]) for p in paths)) if paths else ():
+    for corner in itertools.product(*(corners(space[p]) for p in paths)) if paths else ():
         try:
             config = parse_config(apply_params(spec.base, dict(zip(paths, corner))))  # as a trial's config is made
         except ConfigError:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -122,15 +123,31 @@ def nested_distributions(option: Any, prefix: str = "") -> list[tuple[str, dict]
     return []
 
 
-def representative(value: Any, pick: str = "low") -> Any:
-    """A concrete value of a distribution (its low or high end, or each choice's first option) for validation."""
+def corners(value: Any, inside: bool = False) -> list[Any]:
+    """The values a search-space entry can take at its ends: a range's low and high, every option of a choice, and
+    for a mapping every combination of its entries' ends (a choice option may nest several distributions).
+    ``inside``: a real range's value between its ends instead (not a whole number where it can help it: a field of
+    whole numbers refuses what ``uniform``/``log_uniform`` draw)."""
     if is_distribution(value):
         kind, arg = next(iter(value.items()))
         if kind == "choice":
-            return representative(arg[0], pick)
-        return arg[0] if pick == "low" else arg[1]
+            return [corner for option in arg for corner in corners(option, inside)]
+        if inside and kind in ("uniform", "log_uniform"):
+            return [_inside(arg[0], arg[1], log=kind == "log_uniform")]
+        return [arg[0], arg[1]]
     if isinstance(value, dict):
-        return {k: representative(v, pick) for k, v in value.items()}
+        keys = list(value)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(corners(value[k], inside) for k in keys))]
+    return [value]
+
+
+def _inside(low: float, high: float, log: bool) -> float:
+    """A value strictly between ``low`` and ``high`` (geometrically for a log range), not a whole number if one fits."""
+    for share in (0.5, 0.4142, 0.2718):
+        value = (math.exp(math.log(low) + share * (math.log(high) - math.log(low))) if log
+                 else low + share * (high - low))  # fmt: skip
+        if not float(value).is_integer():
+            break
     return value
 
 
@@ -360,19 +377,22 @@ _SCHEDULER_METRICS = ("nelbo", "rate", "distortion", "train/loss")
 
 
 def _check_paths(model: _SpecModel, space: dict[str, Distribution]) -> None:
-    """Every search path must land on a field of the train config and every value it can take must be valid there."""
-    for pick in ("low", "high"):
-        for path, value in model.search.space.items():
-            options = value["choice"] if isinstance(space[path], Choice) else [value]
-            for option in options:
+    """Every search path must land on a field of the train config and every value it can take must be valid there:
+    each end of each range, each option of each choice, nested ones included, and a value inside each real range."""
+    for path, value in model.search.space.items():
+        for inside in (False, True):
+            for candidate in corners(value, inside):
                 data = copy.deepcopy(model.base)
-                set_dotted(data, path, representative(option, pick))
+                set_dotted(data, path, candidate)
                 try:
                     parse_config(data)
                 except ConfigError as e:
                     message = str(e)
                     if "unknown key" in message:
                         message = f"{path} is not a field of the train config ({message})"
+                    elif inside:  # both ends passed: the field takes whole numbers
+                        message = (f"a value inside its range is refused ({message}); a field of whole numbers is "
+                                   f"searched with {{int: [low, high]}} or {{int_log: [low, high]}}")  # fmt: skip
                     raise SpecError(f"search.space.{path}: {message}") from None
 
 

@@ -93,6 +93,14 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("an infinite learning rate", _with("base.train.lr", float("inf")), "train.lr: input should be a finite"),
         ("scheduler on an unknown metric", _with("search.scheduler", {"metric": "elbo"}), "scheduler.metric"),
         ("cohort of 0", _with("search.cohort", 0), "search.cohort"),
+        ("uniform over a field of whole numbers", _with("search.space", {"model.latent_dim": {"uniform": [2, 8]}}),
+         "search.space.model.latent_dim: a value inside its range is refused (model.latent_dim: input should be a "
+         "valid integer"),
+        ("a bad value in a choice nested in a choice option", _with("search.space", {"objective.schedule": {"choice": [
+            {"kind": "linear_capacity", "ramp_steps": 10, "c_max": {"choice": [5.0, -1.0]}}]}}),
+         "search.space.objective.schedule: objective.schedule.c_max: input should be greater than or equal to 0"),
+        ("a GPU this machine does not have", _with("base.train.device", "cuda:64"),
+         "base.train.device: cuda:64 requested but"),
         ("scheduler halving by ≤ 1", _with("search.scheduler", {"metric": "nelbo", "reduction_factor": 1}),
          "search.scheduler.reduction_factor"),
         ("metrics without factors", {**_with("base", {**BASE, "dataset": {"name": "gaussian", "eigenvalues": [1.0, 0.5]},
