@@ -51,7 +51,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no NaN or ±inf anywhere
 
 
 # ---------------------------------------------------------------- datasets
@@ -110,7 +110,8 @@ class BernoulliLikelihood(_Strict):
 
 class GaussianLikelihood(_Strict):
     kind: Literal["gaussian"]
-    sigma: PositiveFloat = 1.0
+    # ≥ 1e-6: σ² must stay a normal float (σ = 1e-300 squared is 0, and log 2πσ² a math domain error)
+    sigma: Annotated[float, NotBool, Field(ge=1e-6)] = 1.0
 
 
 Likelihood = Annotated[Union[BernoulliLikelihood, GaussianLikelihood], Field(discriminator="kind")]

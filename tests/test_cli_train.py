@@ -76,7 +76,11 @@ def test_same_config_same_numbers(tiny_config):
     ("dataset.n_test=64", "dataset.n_test: expected fewer than the grid's 64 positions, got 64"),
     ("objective.schedule={kind: free_bits, free_bits: -1}", "objective.schedule.free_bits: input should be greater"),
     ("train.device=tpu", "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),  # was exit 1
-    ("train.device=cuda:64", "train.device: cuda:64 requested but"),  # no CUDA here, or fewer than 65 devices
+    ("train.device=cuda:64", "train.device: cuda:64 requested but"),
+    ("objective.schedule={kind: linear_capacity, c_max: .inf}", "objective.schedule.c_max: input should be a finite "
+                                                                "number"),  # was a non-finite loss at step 1
+    ("model.likelihood={kind: gaussian, sigma: 1.0e-300}", "model.likelihood.sigma: input should be greater than or "
+                                                           "equal to 0.000001"),  # was "math domain error", exit 1  # no CUDA here, or fewer than 65 devices
     pytest.param("train.device=mps", "train.device: mps requested but MPS (Apple silicon) is not available",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),  # was 1
     # torch keeps a seed's low 32 bits: 2**32 trained as seed 0, -1 as 2**32 - 1; 2**64 was "Overflow when unpacking"

@@ -290,7 +290,7 @@ def test_the_sweep_notes_held_out_metrics_tested_on_their_training_points(datase
     ({"steps": 500}, {"train.steps": {"choice": [500, 3000]}}, 3),  # eval_every left out: every 1000 steps
     ({"steps": 5000, "eval_every": 100}, {"train.steps": {"choice": [200, 400]}}, 4),  # no trial takes base's steps
     ({"steps": 100, "eval_every": 50}, {"train": {"choice": [{"steps": {"int": [100, 5000]},
-                                                              "eval_every": {"int": [10, 500]}}]}}, 500),  # both nested
+                                                              "eval_every": {"int": [10, 100]}}]}}, 500),  # both nested
 ])
 def test_the_scheduler_counts_the_most_evaluations_any_trial_of_the_space_makes(train, space, most):
     """A trial searched to more steps (or more frequent evaluations) than ``base`` must not be cut at ``base``'s
@@ -351,3 +351,12 @@ def test_the_latent_size_check_reads_the_sizes_trials_can_take():
     data["search"] = {**SPEC["search"], "space": {"objective.beta": {"log_uniform": [0.1, 10]}}}
     with pytest.raises(PreflightError, match="model.latent_dim can be 1"):
         check_latent_size(parse_spec(data))
+
+
+def test_the_ranges_nested_in_one_choice_option_are_checked_together():
+    """A trial draws every range of its option: steps 100 with eval_every 500 can be drawn, and that trial would
+    error. Only each range's low ends together and its high ends together were checked before."""
+    space = {"train": {"choice": [{"steps": {"int": [100, 5000]}, "eval_every": {"int": [10, 500]}}]}}
+    with pytest.raises(SpecError, match=r"^search\.space\.train: train\.eval_every: expected ≤ train\.steps \(100\), "
+                                        r"got 500"):  # fmt: skip
+        parse_spec({**SPEC, "search": {**SPEC["search"], "space": space}})
