@@ -366,8 +366,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     if kind == "value_error":
         # our own validators already wrote "field: expected …"
         return msg.removeprefix("Value error, ")
-    got = err.get("input")
-    return f"{loc or '<config>'}: {msg[0].lower() + msg[1:]}, got {got!r}"
+    got = repr(err.get("input"))
+    got = got if len(got) <= 80 else got[:79] + "…"  # a long value is not worth a screenful
+    return f"{loc or '<config>'}: {msg[0].lower() + msg[1:]}, got {got}"
 
 
 _TAGS = {"dsprites", "blobs", "gaussian", "file", "bernoulli", *(typing.get_args(c.model_fields["kind"].annotation)[0]

@@ -225,6 +225,10 @@ def check_devices(spec: SweepSpec) -> None:
                                  f"(ray.address)") from None  # fmt: skip
 
 
+#: URI schemes pyarrow (so Ray Tune's storage) opens
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
+
+
 def check_storage(path: str) -> None:
     """The storage root must be writable: a local folder is created (that is all a sweep writes before Ray), an
     ``s3://`` prefix gets a probe object written and removed (credentials and endpoint from the standard AWS
@@ -235,7 +239,11 @@ def check_storage(path: str) -> None:
         if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
             raise PreflightError(f"storage.path: cannot create {folder}: {existing} is not a writable folder")
         return
-    if not path.startswith("s3://"):
+    scheme = path.split("://", 1)[0].lower()
+    if scheme not in STORAGE_SCHEMES:
+        raise PreflightError(f"storage.path: unsupported scheme '{scheme}://' in {path}; expected a folder, s3://BUCKET/"
+                             f"PREFIX or another file system Ray's storage reads ({', '.join(STORAGE_SCHEMES)})")  # fmt: skip
+    if scheme != "s3":
         return  # other filesystems (gs://, …): left to Ray
     import pyarrow.fs as pafs
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from bvae_core.config import (
     ConfigError,
@@ -168,8 +169,19 @@ class SchedulerSettings(_Strict):
     reduction_factor: Annotated[float, NotBool, Field(gt=1)] = 2.0
 
 
+def _each_once(value: Any) -> Any:
+    """A list of names where a name given twice is a mistake (``objectives: [rate, rate]``)."""
+    if isinstance(value, list):
+        twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+        if twice is not None:
+            raise PydanticCustomError("given_twice", "expected each name once ({twice} is given twice)",
+                                      {"twice": repr(twice)})  # fmt: skip
+    return value
+
+
 class SearchSettings(_Strict):
-    objectives: list[Literal["rate", "distortion", "nelbo"]] = ["rate", "distortion"]
+    objectives: Annotated[list[Literal["rate", "distortion", "nelbo"]], Field(min_length=1),
+                          AfterValidator(_each_once)] = ["rate", "distortion"]  # fmt: skip
     sampler: Literal["tpe", "nsga2", "gp", "random", "grid"] = "tpe"
     trials: Annotated[int, NotBool, Field(gt=0)] = 16
     concurrency: Annotated[int, NotBool, Field(gt=0)] | None = None  # None: as many as the resources allow
@@ -231,7 +243,8 @@ class EvalSettings(_Strict):
 
 
 class _SpecModel(_Strict):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    # ≤ 100: a folder name in storage, and its trials' MLflow run names (<name>-<trial>-<member>) must stay short
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     base: dict[str, Any]
     search: SearchSettings
     resources: ResourceSettings = ResourceSettings()
