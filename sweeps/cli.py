@@ -34,7 +34,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from bvae_core.run import metrics_json, train_from_file
 
-    metrics = train_from_file(args.config, args.overrides, out=args.out, progress=not args.quiet)
+    try:
+        metrics = train_from_file(args.config, args.overrides, out=args.out, progress=not args.quiet)
+    except ConfigError as exc:
+        if str(exc).startswith(("base: unknown key", "search: unknown key")):  # a sweep spec given to train
+            raise ConfigError(f"{args.config} is a sweep spec (it has base and search): run it with `bvae sweep run "
+                              f"{args.config}`; `bvae train` takes a train config (what a spec holds as base)") from None
+        raise
     print(metrics_json(metrics))
     return 0
 

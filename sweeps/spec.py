@@ -336,7 +336,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
         model = _SpecModel.model_validate(data)
     except ValidationError as e:
         errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
-        raise SpecError(_describe(errors[0], _SpecModel)) from None
+        raise SpecError(_train_config_key(errors[0], data, source) or _describe(errors[0], _SpecModel)) from None
     try:
         base_config = parse_config(model.base)
     except ConfigError as e:
@@ -367,6 +367,19 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
                      resources=model.resources, tracking=model.tracking, storage=model.storage, ray=model.ray,
                      frontier=model.frontier, eval=model.eval, raw=data)  # fmt: skip
+
+
+def _train_config_key(error: dict, data: dict, source: str) -> str | None:
+    """The error for a train config's field at the top of a spec: a train config given as a spec, or a field (or a
+    ``--set``) that belongs under ``base``."""
+    loc = error["loc"]
+    if error["type"] != "extra_forbidden" or len(loc) != 1 or loc[0] not in TrainConfig.model_fields:
+        return None
+    if "base" not in data and "search" not in data:
+        return (f"{source}: this is a train config (it has {loc[0]}, no base or search): train it with `bvae train "
+                f"{source}`, or sweep it from a spec that holds it as base, beside name and search")  # fmt: skip
+    return (f"{loc[0]}: unknown key in a sweep spec; the train config's fields go under base (base.{loc[0]}…; on the "
+            f"command line --set base.{loc[0]}….=VALUE)")  # fmt: skip
 
 
 def _absolute_data_path(data: dict) -> dict:

@@ -94,6 +94,10 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("scheduler on an unknown metric", _with("search.scheduler", {"metric": "elbo"}), "scheduler.metric"),
         ("cohort of 0", _with("search.cohort", 0), "search.cohort"),
         ("no objectives", _with("search.objectives", []), "search.objectives: list should have at least 1 item"),
+        ("a train config given as a spec", BASE, "this is a train config (it has dataset, no base or search): train "
+                                                 "it with `bvae train"),
+        ("a train config's field at the top (--set train.steps=50 for base.train.steps)", _with("train", {"steps": 50}),
+         "train: unknown key in a sweep spec; the train config's fields go under base (base.train…"),
         ("an objective given twice", _with("search.objectives", ["rate", "rate"]),
          "search.objectives: expected each name once ('rate' is given twice)"),
         ("a 300-character name (MLflow: 'File name too long', its parent run left RUNNING)", _with("name", "a" * 300),

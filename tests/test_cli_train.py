@@ -241,3 +241,15 @@ def test_ctrl_c_at_any_moment_ends_with_one_line_and_exit_130(tiny_config, after
 def test_bvae_says_its_version():
     result = bvae("--version")
     assert result.returncode == 0 and result.stdout.startswith("bvae ")
+
+
+def test_a_sweep_spec_given_to_train_says_what_it_is(tmp_path, capsys):
+    from sweeps.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "base": TINY, "search": {"space": {"objective.beta": {"uniform": [1, 2]}}}}))
+    assert main(["train", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"bvae train: error: {spec} is a sweep spec (it has base and search): run it with `bvae sweep run "
+                   f"{spec}`; `bvae train` takes a train config (what a spec holds as base)")  # fmt: skip
+
