@@ -152,10 +152,11 @@ def scheduler_note(spec: SweepSpec) -> str | None:
 def check_tracking(uri: str) -> None:
     """The tracking URI must name a store MLflow opens, and an http(s) server must answer (``/health``), before
     anything starts."""
-    from .store import TrackingError, check_reachable, check_scheme
+    from .store import TrackingError, check_local_store, check_reachable, check_scheme
 
     try:
         check_scheme(uri)
+        check_local_store(uri)
         check_reachable(uri, timeout=10.0)
     except (TrackingError, ValueError) as exc:
         raise PreflightError(f"tracking.uri: {exc}") from None

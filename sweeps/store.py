@@ -214,6 +214,22 @@ def local_sqlite_path(uri: str) -> Path | None:
     return Path(path)
 
 
+def check_local_store(uri: str) -> None:
+    """Raise ValueError for a local store MLflow cannot open, before it retries for minutes or prints SQL: a sqlite
+    URI naming a folder or a file that is not an SQLite database, or a file store MLflow 3 refuses."""
+    db = local_sqlite_path(uri)
+    if db is not None and db.is_dir():
+        raise ValueError(f"{uri}: {db} is a folder; expected an SQLite database file (e.g. sqlite:///{db / 'mlflow.db'})")
+    if db is not None and db.is_file() and db.stat().st_size > 0:
+        with open(db, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"{uri}: {db} is not an SQLite database (an MLflow store made by sqlite:///FILE)")
+    if uri.lower().startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise ValueError(f"{uri} is MLflow's file store (./mlruns), which MLflow 3 opens only with "
+                         f"MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///mlflow.db (`mlflow migrate-filestore` moves a "
+                         f"file store's runs there) or a tracking server")  # fmt: skip
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail fast (not after MLflow's minutes of retries) when an http(s) tracking server does not answer."""
     if not uri.lower().startswith(("http://", "https://")):
@@ -236,6 +252,7 @@ def check_store_exists(uri: str, source: str = "--tracking-uri") -> None:
     name ``source``, where the URI came from (:func:`tracking_uri_given`)."""
     try:
         check_scheme(uri)
+        check_local_store(uri)
     except ValueError as exc:
         raise SweepNotFound(f"{source}: {exc}") from None
     db = local_sqlite_path(uri)

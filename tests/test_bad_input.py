@@ -242,6 +242,18 @@ def test_a_malformed_override_and_a_missing_spec_are_refused_too(tmp_path, capsy
     assert main(["sweep", "run", str(spec), "--tracking-uri", "foo:bar"]) == 2
     assert "tracking.uri: unsupported scheme 'foo:'" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+    # local stores MLflow cannot open: it retried a folder for minutes, printed SQL for a file that is no database,
+    # and refused the file store with exit 1
+    (tmp_path / "folder").mkdir()
+    for uri, expected in ((f"sqlite:///{tmp_path}/folder", "folder is a folder; expected an SQLite database file"),
+                          (f"sqlite:///{spec}", "spec.yaml is not an SQLite database"),
+                          ("mlruns", "is MLflow's file store (./mlruns), which MLflow 3 opens only with "
+                                     "MLFLOW_ALLOW_FILE_STORE=true")):  # fmt: skip
+        for argv in (["frontier", "s", "--tracking-uri", uri], ["sweep", "run", str(spec), "--tracking-uri", uri]):
+            assert main(argv) == 2, (argv, capsys.readouterr())
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and expected in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "spec.yaml"]  # nothing made
 
 
 def test_bad_s3_credentials_exit_2_naming_the_storage_path(tmp_path, capsys, monkeypatch):
