@@ -55,10 +55,14 @@ class _Strict(BaseModel):
 
 
 # ---------------------------------------------------------------- datasets
+#: dSprites' factor combinations: shape 3 × scale 6 × orientation 40 × x 32 × y 32 (Matthey et al. 2017)
+DSPRITES_COMBINATIONS = 3 * 6 * 40 * 32 * 32
+
+
 class DSpritesData(_Strict):
     name: Literal["dsprites"]
     resolution: Literal[64, 32] = 64
-    n_test: HeldOutCount | None = None
+    n_test: Annotated[int, NotBool, Field(ge=2, lt=DSPRITES_COMBINATIONS)] | None = None  # the rest train
     split_seed: Seed = 0
 
 

@@ -22,22 +22,40 @@ class PreflightError(ConfigError):
 
 
 def check_data(spec: SweepSpec) -> Any:
-    """Read the user's data file once (``DataFileError`` names the file) and build the model on its examples, so
-    that images of the wrong size for the architecture stop the sweep here, not in every trial. Returns the file's
-    dataset (None for generated data)."""
-    config = spec.base_config
-    if config.dataset.name != "file":
-        return None  # generated datasets: their config was validated with the model
+    """Read each data file a trial can get once (``DataFileError`` names the file) and build the model on its
+    examples, so that images of the wrong size for the architecture stop the sweep here, not in every trial: the
+    base's file and those of every choice the search space offers. Returns the base's file dataset (None for
+    generated data, whose config was validated with the model)."""
+    from .space import corner_configs
+
+    datasets: dict[str, Any] = {}
+    checked: set[str] = set()
+    for config in [spec.base_config, *corner_configs(spec, ("dataset", "model", "train.n_eval"))]:
+        key = config.model_dump_json(include={"dataset", "model", "train"})
+        if config.dataset.name != "file" or key in checked:
+            continue
+        checked.add(key)
+        _check_file_config(spec, config, datasets)
+    return datasets.get(spec.base_config.dataset.model_dump_json()) if spec.base_config.dataset.name == "file" else None
+
+
+def _check_file_config(spec: SweepSpec, config: Any, datasets: dict[str, Any]) -> None:
+    """One trial config on a data file: the file read (once per dataset config), the likelihood, the held-out
+    count, the factors the metrics need, the model built on its examples."""
     from bvae_core.data import check_likelihood_support, make_dataset
     from bvae_core.evaluation import check_held_out
     from bvae_core.models import build_model
 
-    dataset = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
+    where = "base." if config.dataset == spec.base_config.dataset else "search.space: "
+    key = config.dataset.model_dump_json()
+    if key not in datasets:
+        datasets[key] = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
+    dataset = datasets[key]
     check_likelihood_support(dataset, config.model.likelihood.kind)
     try:
         check_held_out(dataset, config.train.n_eval)
     except ValueError as exc:
-        raise PreflightError(f"base.{exc}") from None
+        raise PreflightError(f"{where}{exc}") from None
     if spec.eval.metrics and getattr(dataset, "factors", None) is None:
         raise PreflightError(f"eval.metrics: {config.dataset.path} holds no factors (an integer array 'factors' or "
                              f"'latents_classes' in a .npz, integer columns or dataset.factor_columns in Parquet)")  # fmt: skip
@@ -46,8 +64,7 @@ def check_data(spec: SweepSpec) -> Any:
     try:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:
-        raise PreflightError(f"base.{exc} (data: {config.dataset.path})") from None
-    return dataset
+        raise PreflightError(f"{where}{exc} (data: {config.dataset.path})") from None
 
 
 #: the varying factors each metric a file dataset allows needs (bvae_core.metrics: dci regresses every factor on the

@@ -62,11 +62,11 @@ def planned_trials(spec: SweepSpec) -> int:
 
 
 def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainConfig]:
-    """The train configs at every combination of the ends of the search paths that can set one of ``fields``
-    (dotted paths into the train config, e.g. ``model.latent_dim``): where the smallest and largest values a trial
-    can take for them lie. ``base``'s config when the space sets none of them (or no combination is valid)."""
+    """The train configs at every combination of the ends of the search paths that can set one of ``fields`` or a
+    part of one (dotted paths into the train config, e.g. ``model.latent_dim``): where the smallest and largest values
+    a trial can take for them lie. ``base``'s config when the space sets none of them (or no combination is valid)."""
     space = spec.raw["search"]["space"]
-    paths = [p for p in space if any(f == p or f.startswith(p + ".") for f in fields)]
+    paths = [p for p in space if any(f == p or f.startswith(p + ".") or p.startswith(f + ".") for f in fields)]
     found = False
     for corner in itertools.product(*(corners(space[p]) for p in paths)) if paths else ():
         try:

@@ -382,18 +382,34 @@ def _train_config_key(error: dict, data: dict, source: str) -> str | None:
             f"command line --set base.{loc[0]}….=VALUE)")  # fmt: skip
 
 
-def _absolute_data_path(data: dict) -> dict:
-    """A relative local ``base.dataset.path`` made absolute against the working directory of the command: trials
-    run in other processes and directories, and a resumed sweep must read the same file."""
-    dataset = data.get("base", {}).get("dataset") if isinstance(data.get("base"), dict) else None
-    path = dataset.get("path") if isinstance(dataset, dict) else None
+def _absolute(path: Any) -> Any:
+    """A local data path made absolute against the working directory (URIs and non-paths as they are)."""
     if not isinstance(path, str) or not path or "://" in path:
-        return data
-    full = os.path.abspath(os.path.expanduser(path))
-    if full == path:
-        return data
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_data_path(data: dict) -> dict:
+    """Every relative local data path made absolute against the working directory of the command — ``base.dataset.
+    path`` and the paths the search space offers (``dataset.path`` values, ``dataset`` options): trials run in other
+    processes and directories, and a resumed sweep must read the same file."""
     data = copy.deepcopy(data)
-    data["base"]["dataset"]["path"] = full
+    dataset = data.get("base", {}).get("dataset") if isinstance(data.get("base"), dict) else None
+    if isinstance(dataset, dict) and "path" in dataset:
+        dataset["path"] = _absolute(dataset["path"])
+    space = data.get("search", {}).get("space") if isinstance(data.get("search"), dict) else None
+    if not isinstance(space, dict):
+        return data
+    for key, entry in space.items():
+        options = entry.get("choice") if isinstance(entry, dict) and isinstance(entry.get("choice"), list) else None
+        if options is None:
+            continue
+        if key == "dataset.path":
+            entry["choice"] = [_absolute(o) for o in options]
+        elif key == "dataset":
+            for option in options:
+                if isinstance(option, dict) and "path" in option:
+                    option["path"] = _absolute(option["path"])
     return data
 
 

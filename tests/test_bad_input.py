@@ -133,6 +133,11 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("evaluation on 1 example", _with("base.train.n_eval", 1), "train.n_eval"),
         ("missing data file", {**GOOD, "base": {**file_base, "dataset": {"name": "file", "path": str(tmp / "no.npz")}}},
          "no.npz"),
+        ("a missing data file a choice offers (it errored in the trials that drew it)", {**GOOD, "base": {
+            **file_base, "dataset": {"name": "file", "path": _npz(tmp, "good.npz", images=np.zeros((40, 32, 32)))}},
+            "search": {"trials": 2, "space": {"dataset.path": {"choice": [str(tmp / "good.npz"),
+                                                                          str(tmp / "offered.npz")]}}}},
+         "offered.npz"),
         ("data path is a folder", {**GOOD, "base": {**file_base, "dataset": {"name": "file", "path": str(tmp)}}},
          str(tmp)),
         ("wrong-shaped data", {**GOOD, "base": {**file_base, "dataset": {

@@ -77,6 +77,7 @@ def test_same_config_same_numbers(tiny_config):
     ("objective.schedule={kind: free_bits, free_bits: -1}", "objective.schedule.free_bits: input should be greater"),
     ("train.device=tpu", "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),  # was exit 1
     ("train.device=cuda:64", "train.device: cuda:64 requested but"),
+    ("dataset={name: dsprites, resolution: 32, n_test: 737280}", "dataset.n_test: input should be less than 737280"),
     ("objective.schedule={kind: linear_capacity, c_max: .inf}", "objective.schedule.c_max: input should be a finite "
                                                                 "number"),  # was a non-finite loss at step 1
     ("model.likelihood={kind: gaussian, sigma: 1.0e-300}", "model.likelihood.sigma: input should be greater than or "

@@ -208,3 +208,11 @@ def test_image_statistics_recounted_over_the_whole_grid(resolution):
     assert (got.combinations, got.distinct) == (want.combinations, want.distinct)
     assert got.entropy == pytest.approx(want.entropy, abs=1e-9)
     assert got.pixel_entropy == pytest.approx(want.pixel_entropy, abs=1e-3)
+
+
+def test_the_configs_count_of_combinations_is_the_datasets():
+    """The train config refuses an n_test that leaves nothing to train on by this count (a sweep then stops before
+    Ray, not in every trial)."""
+    from bvae_core.config import DSPRITES_COMBINATIONS
+
+    assert DSPRITES_COMBINATIONS == math.prod(DSprites.factor_sizes) == DSprites(resolution=32, n_test=2).num_combinations

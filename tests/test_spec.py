@@ -174,6 +174,16 @@ def test_relative_data_path_is_made_absolute_for_the_trials(tmp_path, monkeypatc
     assert data["base"]["dataset"]["path"] == "data/x.npz"  # the caller's mapping is left alone
     remote = spec_with(lambda d: d["base"].update({"dataset": {"name": "file", "path": "s3://bucket/x.npz"}}))
     assert parse_spec(remote).base_config.dataset.path == "s3://bucket/x.npz"
+    # the files a search space offers too: a trial drawing "b.npz" read it from its own working directory
+    def offering(key, choice):
+        def edit(d):
+            d["base"].update({"dataset": {"name": "file", "path": "data/x.npz"}})
+            d["search"]["space"][key] = {"choice": choice}
+        return parse_spec(spec_with(edit)).raw["search"]["space"][key]["choice"]
+
+    assert offering("dataset.path", ["b.npz", "s3://bucket/c.npz"]) == [str(tmp_path / "b.npz"), "s3://bucket/c.npz"]
+    assert offering("dataset", [{"name": "file", "path": "d.npz"}, {"name": "blobs"}]) == \
+           [{"name": "file", "path": str(tmp_path / "d.npz")}, {"name": "blobs"}]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["quickstart", "dsprites_paper_gpu"])
