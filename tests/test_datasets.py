@@ -1,6 +1,7 @@
 """Blobs, the Gaussian source and user files (.npz, Parquet): shapes, factors, splits and clear errors."""
 
 import io
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +75,20 @@ def test_npz_uint8_scaled_and_channels_last_transposed(tmp_path):
     ds = FileDataset(str(tmp_path / "rgb.npz"), test_fraction=0.25)
     assert ds.example_shape == (3, 8, 8)
     assert next(ds.test_batches(4)).max() == 1.0
+    np.savez(tmp_path / "la.npz", images=np.zeros((4, 8, 8, 2), dtype=np.uint8))  # grey + alpha, channels last
+    assert FileDataset(str(tmp_path / "la.npz"), test_fraction=0.25).example_shape == (2, 8, 8)  # was (8, 8, 2)
+
+
+@pytest.mark.parametrize(("arrays", "options", "message"), [
+    ({"images": np.zeros((40, 0, 0))}, {}, "its examples hold no values (each of shape (1, 0, 0))"),
+    ({"images": np.full((40, 4, 4), 1e300)}, {}, "values beyond float32's range (largest magnitude 1e+300)"),
+    ({"images": np.zeros((40, 4, 4))}, {"image_shape": [4, 4]}, "dataset.image_shape: applies to Parquet rows"),
+])  # fmt: skip
+def test_npz_files_that_cannot_train_are_named_with_why(tmp_path, arrays, options, message):
+    """Were: numpy's "zero-size array to reduction operation"; a non-finite loss at step 1; silently ignored."""
+    np.savez(tmp_path / "x.npz", **arrays)
+    with pytest.raises(DataFileError, match=re.escape(message)):
+        FileDataset(str(tmp_path / "x.npz"), **options)
 
 
 def _png(array: np.ndarray) -> bytes:

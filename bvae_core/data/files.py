@@ -6,7 +6,7 @@
 - Parquet: one row per example; the image column holds encoded image bytes (PNG, …; also Hugging Face's
   ``{bytes, path}`` struct; palette images as their colours, grey+alpha as 2 channels) or a flat list of numbers
   (give ``image_shape``, the shape of one example as stored — ``[H, W]``, ``[C, H, W]``, or ``[H, W, C]`` with C of
-  1, 3 or 4 — unless it is a square single-channel image); integer columns are the factors (or those named by
+  1 to 4 — unless it is a square single-channel image); integer columns are the factors (or those named by
   ``factor_columns``), less the index pandas stored with the table.
 
 uint8 and bool images are scaled to [0, 1]; float data is used as it is (finite values only, and within [0, 1] for the
@@ -159,7 +159,7 @@ def _to_nchw(images: np.ndarray, path: str) -> np.ndarray:
     if images.ndim == 3:
         return images[:, None]
     if images.ndim == 4:
-        if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+        if images.shape[-1] in (1, 2, 3, 4) and images.shape[1] not in (1, 2, 3, 4):  # 2: grey + alpha
             return images.transpose(0, 3, 1, 2)
         return images
     raise DataFileError(f"dataset.path: {path}: expected images [N, H, W], [N, C, H, W], [N, H, W, C] or vectors "
@@ -181,6 +181,9 @@ class FileDataset(Dataset):
             if factor_columns is not None:
                 raise DataFileError(f"dataset.factor_columns: applies to Parquet files; a .npz file holds its factors "
                                     f"as one array named {' or '.join(_FACTOR_KEYS)} ([N, n_factors] integers)")  # fmt: skip
+            if image_shape is not None:
+                raise DataFileError("dataset.image_shape: applies to Parquet rows stored as flat lists; a .npz array "
+                                    "keeps its shape ([N, H, W], [N, C, H, W], [N, H, W, C] or [N, d])")  # fmt: skip
             images, factors, names = _load_npz(path, image_column)
         elif suffix in ("parquet", "pq"):
             images, factors, names, self.skipped_columns = _load_parquet(path, image_column, factor_columns,
@@ -188,6 +191,9 @@ class FileDataset(Dataset):
         else:
             raise DataFileError(f"dataset.path: expected a .npz or .parquet file, got {path}")
         images = _to_nchw(images, path)
+        if 0 in images.shape[1:]:
+            raise DataFileError(f"dataset.path: {path}: its examples hold no values (each of shape "
+                                f"{tuple(images.shape[1:])})")  # fmt: skip
         n = images.shape[0]
         if n < 3:
             raise DataFileError(f"dataset.path: {path} holds {n} example(s); need at least 3 (2 held out to "
@@ -203,6 +209,9 @@ class FileDataset(Dataset):
             if not np.isfinite(images).all():
                 raise DataFileError(f"dataset.path: {path}: the images hold NaN or infinite values")
             self._scale, self._storage = None, torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            if not torch.isfinite(self._storage).all():  # float64 beyond float32's ±3.4e38 became ±inf
+                raise DataFileError(f"dataset.path: {path}: the images hold values beyond float32's range (largest "
+                                    f"magnitude {np.abs(images).max():.3g}); training runs in float32")  # fmt: skip
         else:
             raise DataFileError(f"dataset.path: {path}: expected numeric images, got dtype {images.dtype}")
         scale = 1.0 if self._scale is None else self._scale
