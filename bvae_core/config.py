@@ -439,8 +439,10 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> dict[str, A
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item}: expected key.path=value")
+        if not sep or not key.strip() or any(not part.strip() for part in key.split(".")):
+            raise ConfigError(f"--set {item}: expected key.path=value (dotted keys, none empty)")
+        if not raw.strip():  # YAML reads nothing as null: "train.steps: input should be a valid integer, got None"
+            raise ConfigError(f"--set {item}: no value after '='; give one (null, if that is what you mean)")
         try:
             value = load_yaml(raw)
         except yaml.YAMLError:

@@ -238,6 +238,10 @@ def test_a_malformed_override_and_a_missing_spec_are_refused_too(tmp_path, capsy
     spec.write_text(yaml.safe_dump(GOOD))
     assert main(["sweep", "run", str(spec), "--set", "search.trials"]) == 2
     assert "--set" in capsys.readouterr().err
+    for item, expected in (("base.train.steps=", "no value after '='"), (".=1", "none empty"),
+                           ("base..steps=1", "none empty")):  # were "…got None", ": unknown key"  # fmt: skip
+        assert main(["sweep", "run", str(spec), "--set", item]) == 2
+        assert f"--set {item}: " in (err := capsys.readouterr().err) and expected in err, err
     assert main(["sweep", "run", str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml" in capsys.readouterr().err
     assert main(["pick", "nosuch", "--rule", "knee", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
