@@ -179,6 +179,19 @@ def check_cluster_spec(spec: SweepSpec, tracking_uri: str | None) -> str | None:
                      f"http://mlflow.internal:5000 (infra/), got {uri!r}{wins}")  # fmt: skip
 
 
+def check_started_spec(spec: SweepSpec) -> None:
+    """A sweep already in its storage resumes with the spec it was started with: refuse another here (SpecError,
+    exit 2), not in the driver, where it cost a job attempt that then reads FAILED. Storage this machine cannot
+    read (no credentials here) is left to the driver."""
+    from .runner import experiment_path, storage_filesystem
+    from .started_spec import check_resume_spec
+
+    try:
+        check_resume_spec(spec, experiment_path(spec), storage_filesystem(spec))
+    except OSError:  # pyarrow's S3 errors when opening the file system (credentials, endpoint): the driver checks
+        return
+
+
 def stage_working_dir(spec: SweepSpec, tracking_uri: str | None) -> Path:
     """A temporary folder with this project's packages and the resolved spec: the job's ``working_dir``."""
     import bvae_core
@@ -230,6 +243,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"`bvae frontier {spec.name} --tracking-uri {where}`, or give a new sweep another name: "
               f"--set name=…)", file=sys.stderr)  # fmt: skip
         return 0
+    check_started_spec(spec)  # after the cluster answered: a resume's spec, read from the sweep's storage
     taken = {j.submission_id for j in jobs}
     attempt = len(jobs) + 1
     while submission_id(spec.name, key, attempt) in taken:

@@ -147,6 +147,10 @@ def test_submit_stop_resubmit_and_browse_from_anywhere(cluster, tmp_path):
     assert any(r.info.status == "KILLED" for r in children), [r.info.status for r in children]
     print(f"stopped after {time.monotonic() - start:.0f} s with {len(children)} runs")
 
+    # another spec is refused here, from the spec kept in S3: no attempt spent on a driver that would refuse it
+    changed = _run([*BVAE, "sweep", "submit", str(spec), "--set", "search.trials=3"], env, 60)
+    assert changed.returncode == 2 and "search.trials: this spec is not the one sweep 'e2e-submit' was started " \
+                                      "with" in changed.stderr, changed.stderr  # fmt: skip
     resumed = _run([*BVAE, "sweep", "submit", str(spec), "--wait"], env, 300)
     assert resumed.returncode == 0, resumed.stderr
     assert "attempt 2" in resumed.stderr and "bvae job driver: sweep resume" in resumed.stdout
