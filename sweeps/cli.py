@@ -60,6 +60,11 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     add_job_verbs(verbs)  # submit, status, logs, stop: a sweep as a Ray job on a cluster
 
 
+def _add_spec_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="with a spec file: the --set values the sweep ran with (e.g. --set name=…)")
+
+
 def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///mlflow.db here)")  # fmt: skip
@@ -125,6 +130,7 @@ def _add_frontier_and_pick(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", metavar="FILE.parquet", help="write the frontier table here, as Parquet")
     f.add_argument("--json", action="store_true", help="print the table as JSON")
     f.add_argument("--experiment", help="MLflow experiment to look in (default: all)")
+    _add_spec_overrides(f)
     _add_tracking_uri(f)
     f.set_defaults(func=_cmd_frontier)
     p = sub.add_parser("pick", help="pick β from a sweep's frontier",
@@ -137,6 +143,7 @@ def _add_frontier_and_pick(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alias", help="with --register: alias for the registered version (default: picked)")
     p.add_argument("--json", action="store_true", help="print the pick as one JSON object")
     p.add_argument("--experiment", help="MLflow experiment to look in (default: all)")
+    _add_spec_overrides(p)
     _add_tracking_uri(p)
     p.set_defaults(func=_cmd_pick)
 
@@ -150,11 +157,15 @@ def _resolve_sweep(args: argparse.Namespace):
     from .store import SweepNotFound, check_store_exists, find_sweep, resolve_given_tracking_uri
 
     name, experiment, spec_uri, key = args.sweep, args.experiment, None, None
-    if args.sweep.endswith((".yaml", ".yml")):
+    is_spec = args.sweep.endswith((".yaml", ".yml"))
+    if args.overrides and not is_spec:
+        raise UsageError(f"--set: applies to a spec file, not to the sweep {args.sweep!r}; pass the spec file the "
+                         f"sweep ran with")  # fmt: skip
+    if is_spec:
         from .runner import sweep_key
         from .spec import load_spec
 
-        spec = load_spec(args.sweep)
+        spec = load_spec(args.sweep, args.overrides)
         name, experiment, spec_uri, key = spec.name, experiment or spec.experiment, spec.tracking.uri, sweep_key(spec)
     uri, source = resolve_given_tracking_uri(args.tracking_uri, spec_uri, Path.cwd())
     try:
@@ -162,7 +173,10 @@ def _resolve_sweep(args: argparse.Namespace):
         client = MlflowClient(uri)
         return client, find_sweep(client, name, experiment, sweep_key=key)
     except SweepNotFound as e:
-        raise UsageError(str(e)) from None
+        message = str(e)
+        if is_spec and not args.experiment and message.startswith("--experiment: "):  # the spec named it
+            message = f"{args.sweep}: " + message.removeprefix("--experiment: ")
+        raise UsageError(message) from None
 
 
 def _check_out(out: str) -> None:

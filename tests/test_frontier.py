@@ -270,6 +270,26 @@ def test_mlflow_tracking_uri_is_the_default_store_and_a_bare_host_port_is_refuse
                        f"expected http://127.0.0.1:5000 (or a local path / sqlite:///FILE.db)"], err  # fmt: skip
 
 
+def test_frontier_and_pick_read_a_spec_file_with_the_set_values_the_sweep_ran_with(finished_sweep, tmp_path, capsys):
+    """A sweep run with ``--set name=…`` is found from its spec file with the same ``--set`` (as sweep status/logs/stop
+    do); without it, or with --set and a sweep name, one line."""
+    import yaml
+
+    outcome, _ = finished_sweep
+    client = MlflowClient(outcome.tracking_uri)
+    spec = yaml.safe_load(open(client.download_artifacts(outcome.parent_run_id, "spec.yaml", str(tmp_path))))
+    spec_file = tmp_path / "renamed.yaml"
+    spec_file.write_text(yaml.safe_dump({**spec, "name": "renamed"}))
+    assert main(["frontier", str(spec_file), "--set", "name=tinyfront", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert main(["pick", str(spec_file), "--set", "name=tinyfront", "--rule", "knee", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trial_id"]
+    assert main(["frontier", str(spec_file)]) == 2  # its experiment (by default its name) is not in the store
+    assert f"error: {spec_file}: no MLflow experiment 'renamed' in " in capsys.readouterr().err
+    assert main(["frontier", "tinyfront", "--set", "name=x", "--tracking-uri", outcome.tracking_uri]) == 2
+    assert "--set: applies to a spec file" in capsys.readouterr().err
+
+
 def test_a_hypervolume_of_zero_says_why():
     from sweeps.live_frontier import hypervolume_label
 
