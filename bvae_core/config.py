@@ -143,6 +143,10 @@ class ScheduleConfig(_Strict):
         """β(t), C(t) and free bits at ``step``."""
         raise NotImplementedError
 
+    def cut_short(self, beta: float, steps: int) -> str | None:
+        """Why a run of ``steps`` ends before this schedule reaches its end (its ramp is longer), else None."""
+        return None
+
 
 class ConstantSchedule(ScheduleConfig):
     """Plain β-VAE (Higgins et al. 2017): loss = distortion + β·KL."""
@@ -175,6 +179,12 @@ class LinearCapacitySchedule(ScheduleConfig):
         return ScheduleValue(beta=self.gamma, capacity=linear_ramp(step, 0.0, self.c_max, self.ramp_steps),
                              multiplier_lr=self.multiplier_lr)
 
+    def cut_short(self, beta: float, steps: int) -> str | None:
+        if self.ramp_steps <= steps:
+            return None
+        return (f"objective.schedule.ramp_steps ({self.ramp_steps}) is longer than train.steps ({steps}): C(t) ends "
+                f"at {self.value(beta, steps).capacity:.3g} nats, not c_max {self.c_max:g}")  # fmt: skip
+
 
 class WarmupSchedule(ScheduleConfig):
     """KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): β(t) ramps linearly from beta_start to β."""
@@ -188,6 +198,12 @@ class WarmupSchedule(ScheduleConfig):
 
     def value(self, beta: float, step: int) -> ScheduleValue:
         return ScheduleValue(beta=linear_ramp(step, self.beta_start, beta, self.warmup_steps), capacity=None)
+
+    def cut_short(self, beta: float, steps: int) -> str | None:
+        if self.warmup_steps <= steps:
+            return None
+        return (f"objective.schedule.warmup_steps ({self.warmup_steps}) is longer than train.steps ({steps}): β(t) "
+                f"ends at {self.value(beta, steps).beta:.3g}, not objective.beta {beta:g}")  # fmt: skip
 
 
 class FreeBitsSchedule(ScheduleConfig):

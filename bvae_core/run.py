@@ -76,6 +76,9 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         except OSError as e:
             raise ConfigError(f"out: cannot write to the folder {out_dir}: {e.strerror or e}") from None
+    short = cfg.objective.schedule.cut_short(cfg.objective.beta, cfg.train.steps)
+    if short:  # said, not silent: the run is not the schedule the config describes
+        print(f"note: {short}", file=sys.stderr, flush=True)
     printer = ProgressPrinter(cfg.train.steps) if progress else None
     if printer:
         threads = f" with {trainer.threads.describe()}" if trainer.threads is not None else ""

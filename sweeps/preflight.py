@@ -166,6 +166,19 @@ def scheduler_note(spec: SweepSpec) -> str | None:
             f"grace_period or evaluate more often (a smaller train.eval_every)")
 
 
+def schedule_note(spec: SweepSpec) -> str | None:
+    """A schedule whose ramp is longer than a trial's training (``ramp_steps`` past ``train.steps``): those trials
+    never reach c_max (or β), which the frontier would not show."""
+    from .space import corner_configs
+
+    searched = any(p.startswith(("objective", "train")) for p in spec.space)
+    for config in corner_configs(spec, ("objective", "train.steps")):
+        short = config.objective.schedule.cut_short(config.objective.beta, config.train.steps)
+        if short:
+            return short + (" (where the search space draws these values)" if searched else "")
+    return None
+
+
 def check_tracking(uri: str) -> None:
     """The tracking URI must name a store MLflow opens, and an http(s) server must answer (``/health``), before
     anything starts."""
@@ -287,5 +300,5 @@ def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
     data = check_data(spec)
     check_tracking(tracking_uri)
     file_rows = len(data.factors) if data is not None and data.factors is not None else None
-    notes = (factors_note(spec, data), in_sample_note(spec, file_rows), scheduler_note(spec))
+    notes = (factors_note(spec, data), in_sample_note(spec, file_rows), scheduler_note(spec), schedule_note(spec))
     return [note for note in notes if note]

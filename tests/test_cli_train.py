@@ -254,3 +254,13 @@ def test_a_sweep_spec_given_to_train_says_what_it_is(tmp_path, capsys):
     assert err == (f"bvae train: error: {spec} is a sweep spec (it has base and search): run it with `bvae sweep run "
                    f"{spec}`; `bvae train` takes a train config (what a spec holds as base)")  # fmt: skip
 
+
+
+def test_a_ramp_longer_than_the_run_is_a_note(tiny_config, capsys):
+    """The default capacity ramp is the paper's 100,000 steps: a short run never reaches c_max, and said nothing."""
+    from sweeps.cli import main
+
+    assert main(["train", str(tiny_config), "--quiet", "--set", "objective.schedule={kind: linear_capacity}"]) == 0
+    err = capsys.readouterr().err
+    assert "note: objective.schedule.ramp_steps (100000) is longer than train.steps (" in err
+    assert ": C(t) ends at " in err and "nats, not c_max 25" in err, err

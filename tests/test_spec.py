@@ -370,3 +370,24 @@ def test_the_ranges_nested_in_one_choice_option_are_checked_together():
     with pytest.raises(SpecError, match=r"^search\.space\.train: train\.eval_every: expected ≤ train\.steps \(100\), "
                                         r"got 500"):  # fmt: skip
         parse_spec({**SPEC, "search": {**SPEC["search"], "space": space}})
+
+
+def test_a_ramp_longer_than_the_training_is_a_note():
+    """``--set base.train.steps=600`` on the quickstart: its capacity ramp (2,500 steps) never reached c_max, and
+    nothing said so."""
+    from pathlib import Path
+
+    from sweeps.preflight import schedule_note
+    from sweeps.spec import load_spec
+
+    quickstart = Path(__file__).parents[1] / "sweeps" / "configs" / "quickstart.yaml"
+    assert schedule_note(load_spec(quickstart)) is None  # 3,000 steps: the ramp ends inside
+    note = schedule_note(load_spec(quickstart, ["base.train.steps=600", "base.train.eval_every=300"]))
+    assert note == ("objective.schedule.ramp_steps (2500) is longer than train.steps (600): C(t) ends at 0.48 nats, "
+                    "not c_max 2 (where the search space draws these values)")  # fmt: skip
+    warmup = {**SPEC, "base": {**SPEC["base"], "objective": {"beta": 4.0, "schedule": {"kind": "warmup",
+                                                                                      "warmup_steps": 10**6}}},
+              "search": {"trials": 2, "space": {"model.latent_dim": {"choice": [2, 4]}}}}  # fmt: skip
+    assert schedule_note(parse_spec(warmup)).startswith("objective.schedule.warmup_steps (1000000) is longer than "
+                                                        "train.steps")  # fmt: skip
+    assert ", not objective.beta 4 (where" not in schedule_note(parse_spec(warmup))  # the space draws no schedule
