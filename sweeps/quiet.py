@@ -11,6 +11,8 @@ the project's own lines come first and every other warning still shows.
 | MLflow | "🏃 View run … at: http://…" on stdout for every run ended on a server | one line per trial in the middle of the summary; the sweep prints where to look |
 | Ray Tune (`ray.tune.tune`) | "Experiment has been interrupted … Resume experiment with: Tuner.restore(…)" | `bvae sweep` prints its own line: `bvae sweep resume SPEC` |
 | Ray Tune (`ray.tune.tune`) | "Trials did not complete: [train_trial_…]" | each errored trial has its progress line and reason; the sweep's last line says how to train them again |
+| Ray Jobs client (`…dashboard_sdk`, `…runtime_env.packaging`) | "Uploading package gcs://…", "Creating a file package for local module …", "Successfully pushed file package …" | `bvae sweep submit` says what it submitted, as which job |
+| Ray Jobs client (`…job.sdk`) | "WebSocket closed for job … with close code 1000" | the normal end of `--wait`/`logs --follow`; the job's status line follows |
 | Ray (`…authentication_token_setup`) | "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out" | the embedded Ray keeps Ray's secure default (token auth, on 127.0.0.1); nothing to do |
 
 The opposite notice ("Token authentication is *disabled* … Anyone with network access …") is kept: it concerns the
@@ -26,6 +28,10 @@ import re
 _SILENCED: dict[str, re.Pattern[str]] = {
     "ray.tune.tune": re.compile(r"Experiment has been interrupted|Trials did not complete"),
     "ray._private.authentication.authentication_token_setup": re.compile(r"Token authentication is enabled for this"),
+    "ray.dashboard.modules.dashboard_sdk": re.compile(r"Uploading package |Package \S+ already exists"),
+    "ray._private.runtime_env.packaging": re.compile(r"Creating a file package for local|Successfully pushed file "
+                                                     r"package"),  # fmt: skip
+    "ray.dashboard.modules.job.sdk": re.compile(r"WebSocket closed for job \S+ with close code 1000\b"),
     "mlflow.utils.requirements_utils": re.compile(r"version \([^)]*\) contains a local version label"),
     "mlflow.store.db.utils": re.compile(r"Creating initial MLflow database tables|Updating database tables"),
     "alembic.runtime.migration": re.compile(r"Context impl|Will assume|Running upgrade"),

@@ -132,6 +132,7 @@ def test_submit_stop_resubmit_and_browse_from_anywhere(cluster, tmp_path):
     start = time.monotonic()
     first = _run([*BVAE, "sweep", "submit", str(spec)], env, 120)
     assert first.returncode == 0, first.stderr
+    assert "Uploading package" not in first.stderr and "INFO" not in first.stderr, first.stderr  # our own lines only
     job_id = first.stdout.strip().splitlines()[-1]
     again = _run([*BVAE, "sweep", "submit", str(spec)], env, 60)  # the same sweep while it runs: not doubled
     assert again.returncode == 0 and "already" in again.stderr and job_id in again.stderr, again.stderr
@@ -141,6 +142,8 @@ def test_submit_stop_resubmit_and_browse_from_anywhere(cluster, tmp_path):
     wait_for(lambda: checkpoints_in_s3(cluster, name), 150, "a first checkpoint in S3")
     stop = _run([*BVAE, "sweep", "stop", name], env, 200)
     assert stop.returncode == 0 and "STOPPED" in stop.stderr, stop.stderr
+    logs = _run([*BVAE, "sweep", "logs", name], env, 60).stdout  # a job has no terminal: no "Press CTRL+C to skip"
+    assert "bvae job driver: stop asked (bvae sweep stop)" in logs and "Stop signal received" not in logs, logs[-2000:]
     client, parent, children = sweep_runs(uri, name)
     assert parent.info.status == "KILLED"  # interrupted, resumable
     assert children and all(r.info.status != "RUNNING" for r in children), [r.info.status for r in children]
@@ -194,6 +197,7 @@ def test_a_worker_node_dies_mid_sweep_and_every_trial_completes(cluster, tmp_pat
     start = time.monotonic()
     first = _run([*BVAE, "sweep", "submit", str(spec)], env, 120)
     assert first.returncode == 0, first.stderr
+    assert "Uploading package" not in first.stderr and "INFO" not in first.stderr, first.stderr  # our own lines only
     job_id = first.stdout.strip().splitlines()[-1]
 
     def newest_checkpoints() -> dict[str, int]:
