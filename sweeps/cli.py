@@ -236,7 +236,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     from .frontier import frontier_of, frontier_rows
     from .pick import (PickError, apply_rule, check_max_distortion, collapse_note, no_knee_reason, parse_rule,
                        pick_summary)
-    from .registry import RegistryNameError, check_registry_names, record_pick, register_pick
+    from .registry import CheckpointMissing, RegistryNameError, check_registry_names, record_pick, register_pick
 
     try:  # every flag is checked before the store is read or written
         rule = parse_rule(args.rule)
@@ -262,7 +262,11 @@ def _cmd_pick(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     model = None
     if args.register is not None:
-        version = register_pick(client, row, args.register, alias)
+        try:
+            version = register_pick(client, row, args.register, alias)
+        except CheckpointMissing as e:
+            print(f"bvae pick: error: {e}", file=sys.stderr)
+            return 1
         model = f"models:/{args.register}@{alias}"
         summary["registered_model"] = {"name": args.register, "version": version, "alias": alias, "uri": model}
     record_pick(client, ref, row, args.rule, model)

@@ -37,6 +37,10 @@ def check_registry_names(name: str, alias: str) -> None:
             raise RegistryNameError(f"{flag}: {e.message}") from None
 
 
+class CheckpointMissing(RuntimeError):
+    """A picked run's checkpoint is not in the artifact store (exit 1: the store's state, not the user's input)."""
+
+
 def register_pick(client, row: dict[str, Any], name: str, alias: str = "picked") -> str:
     """Log the trial's model (``mlflow.pytorch`` flavour: ``mlflow.pytorch.load_model("models:/NAME@ALIAS")``
     returns the VAE, with ``encode(x) -> (μ, log σ²)``, ``decode(z)`` (logits for Bernoulli) and, knowing its
@@ -49,8 +53,15 @@ def register_pick(client, row: dict[str, Any], name: str, alias: str = "picked")
     from bvae_core.trainer import load_model
 
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path=CHECKPOINT_ARTIFACT,
-                                                         dst_path=folder, tracking_uri=client.tracking_uri)  # fmt: skip
+        try:
+            checkpoint = mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path=CHECKPOINT_ARTIFACT,
+                                                             dst_path=folder, tracking_uri=client.tracking_uri)  # fmt: skip
+        except (MlflowException, OSError) as e:  # the run is in the store, its files are not (an emptied bucket, …)
+            where = client.get_run(row["run_id"]).info.artifact_uri
+            raise CheckpointMissing(f"--register: the checkpoint of trial {row['trial_id']} (run {row['run_id']}) "
+                                    f"cannot be read from its artifacts at {where}: {' '.join(str(e).split())[:200]}; "
+                                    f"the run's files are gone from the artifact store (nothing was registered)"
+                                    ) from None  # fmt: skip
         model, config = load_model(checkpoint)
         model_dir = Path(folder) / "model"
         # pickle format keeps the VAE class (encode/decode), unlike the traced pt2 graph

@@ -290,13 +290,16 @@ def test_bad_s3_credentials_exit_2_naming_the_storage_path(tmp_path, capsys, mon
 # ---------------------------------------------------------------- bvae frontier / bvae pick on a sweep in a store
 @pytest.fixture(scope="module")
 def stored_sweep(tmp_path_factory) -> tuple[str, str]:
+    return _store_sweep(tmp_path_factory.mktemp("stored"))
+
+
+def _store_sweep(tmp: Path) -> tuple[str, str]:
     """A sweep as `bvae frontier` / `bvae pick` read it (no Ray): a parent run and three completed child runs, each
     with a real checkpoint, the middle one (the knee) a controlled-capacity trial. (tracking URI, parent run id)."""
     from mlflow import MlflowClient
 
     from bvae_core import Trainer
 
-    tmp = tmp_path_factory.mktemp("stored")
     trainer = Trainer({"dataset": {"name": "gaussian", "eigenvalues": [4.0, 1.0], "n_train": 200, "n_test": 50},
                        "model": {"arch": "linear", "latent_dim": 2, "likelihood": {"kind": "gaussian", "sigma": 1.0}},
                        "train": {"steps": 10, "eval_every": 10, "batch_size": 16, "device": "cpu"}})  # fmt: skip
@@ -367,3 +370,22 @@ def test_each_malformed_frontier_or_pick_flag_exits_2_and_writes_nothing(stored_
     for run in client.search_runs([client.get_run(parent).info.experiment_id]):
         assert "model" not in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert client.search_registered_models() == []
+
+
+def test_registering_a_pick_whose_checkpoint_is_gone_says_so_and_registers_nothing(tmp_path, capsys):
+    """The dev stack's S3 keeps objects in memory: after `down` and `up` the runs are there, their files are not.
+    Was MLflow's "Failed to download artifacts from path 'checkpoint.pt'" as an unexplained failure."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    uri, parent = _store_sweep(tmp_path)
+    shutil.rmtree(tmp_path / "artifacts")
+    assert main(["pick", "stored", "--rule", "knee", "--register", "vae", "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("bvae pick: error: --register: the checkpoint of trial "), err
+    assert "the run's files are gone from the artifact store (nothing was registered)" in err
+    client = MlflowClient(uri)
+    assert client.search_registered_models() == []
+    assert not [k for k in client.get_run(parent).data.tags if k.startswith("bvae.pick.")]
+
