@@ -28,34 +28,55 @@ def check_data(spec: SweepSpec) -> Any:
     generated data, whose config was validated with the model)."""
     from .space import corner_configs
 
-    datasets: dict[str, Any] = {}
-    checked: set[str] = set()
+    by_file: dict[tuple, list[Any]] = {}  # a file read once, whatever split (test_fraction, split_seed) a trial draws
     for config in [spec.base_config, *corner_configs(spec, ("dataset", "model", "train.n_eval"))]:
-        key = config.model_dump_json(include={"dataset", "model", "train"})
-        if config.dataset.name != "file" or key in checked:
-            continue
-        checked.add(key)
-        _check_file_config(spec, config, datasets)
-    return datasets.get(spec.base_config.dataset.model_dump_json()) if spec.base_config.dataset.name == "file" else None
+        if config.dataset.name == "file":
+            by_file.setdefault(_file_identity(config.dataset), []).append(config)
+    base = _file_identity(spec.base_config.dataset) if spec.base_config.dataset.name == "file" else None
+    kept = None
+    for identity, configs in by_file.items():  # one file in memory at a time (the base's is kept for the notes)
+        first = configs[0].dataset
+        dataset = _read_file(first)
+        checked: set[str] = set()
+        for config in configs:
+            key = config.model_dump_json(include={"model", "train"})
+            if key not in checked:
+                checked.add(key)
+                _check_file_config(spec, config, dataset)
+        if identity == base:
+            kept = dataset
+    return kept
 
 
-def _check_file_config(spec: SweepSpec, config: Any, datasets: dict[str, Any]) -> None:
-    """One trial config on a data file: the file read (once per dataset config), the likelihood, the held-out
-    count, the factors the metrics need, the model built on its examples."""
-    from bvae_core.data import check_likelihood_support, make_dataset
+def _file_identity(dataset: Any) -> tuple:
+    """What decides a data file's examples and factors (not its held-out split)."""
+    return (dataset.path, dataset.image_column, tuple(dataset.factor_columns or ()), tuple(dataset.image_shape or ()))
+
+
+def _read_file(options: Any) -> Any:
+    from bvae_core.data import make_dataset
+
+    return make_dataset(options.name, "cpu", **options.model_dump(exclude={"name"}))
+
+
+def _where(spec: SweepSpec, *fields: str) -> str:
+    """How an error names what set ``fields``: ``search.space: `` when the space can set one of them, else ``base.``."""
+    searched = any(p == f or f.startswith(p + ".") or p.startswith(f + ".") for p in spec.space for f in fields)
+    return "search.space: " if searched else "base."
+
+
+def _check_file_config(spec: SweepSpec, config: Any, dataset: Any) -> None:
+    """One trial config on a data file: the likelihood, the held-out count, the factors the metrics need, the model
+    built on its examples."""
+    from bvae_core.data import check_likelihood_support
     from bvae_core.evaluation import check_held_out
     from bvae_core.models import build_model
 
-    where = "base." if config.dataset == spec.base_config.dataset else "search.space: "
-    key = config.dataset.model_dump_json()
-    if key not in datasets:
-        datasets[key] = make_dataset(config.dataset.name, "cpu", **config.dataset.model_dump(exclude={"name"}))
-    dataset = datasets[key]
     check_likelihood_support(dataset, config.model.likelihood.kind)
     try:
         check_held_out(dataset, config.train.n_eval)
     except ValueError as exc:
-        raise PreflightError(f"{where}{exc}") from None
+        raise PreflightError(f"{_where(spec, 'train.n_eval', 'dataset')}{exc}") from None
     if spec.eval.metrics and getattr(dataset, "factors", None) is None:
         raise PreflightError(f"eval.metrics: {config.dataset.path} holds no factors (an integer array 'factors' or "
                              f"'latents_classes' in a .npz, integer columns or dataset.factor_columns in Parquet)")  # fmt: skip
@@ -64,7 +85,7 @@ def _check_file_config(spec: SweepSpec, config: Any, datasets: dict[str, Any]) -
     try:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:
-        raise PreflightError(f"{where}{exc} (data: {config.dataset.path})") from None
+        raise PreflightError(f"{_where(spec, 'model', 'dataset')}{exc} (data: {config.dataset.path})") from None
 
 
 #: the varying factors each metric a file dataset allows needs (bvae_core.metrics: dci regresses every factor on the
@@ -171,11 +192,12 @@ def schedule_note(spec: SweepSpec) -> str | None:
     never reach c_max (or β), which the frontier would not show."""
     from .space import corner_configs
 
-    searched = any(p.startswith(("objective", "train")) for p in spec.space)
+    base = spec.base_config
     for config in corner_configs(spec, ("objective", "train.steps")):
         short = config.objective.schedule.cut_short(config.objective.beta, config.train.steps)
         if short:
-            return short + (" (where the search space draws these values)" if searched else "")
+            drawn = config.objective != base.objective or config.train.steps != base.train.steps
+            return short + (" (where the search space draws these values)" if drawn else "")
     return None
 
 
@@ -247,13 +269,12 @@ def check_devices(spec: SweepSpec) -> None:
 
     from .space import corner_configs
 
-    where = "search.space." if "train.device" in spec.space else "base."
     for config in corner_configs(spec, ("train.device",)):
         try:
             resolve_device(config.train.device)
         except ValueError as exc:
-            raise PreflightError(f"{where}{exc}; use auto (CUDA when present) or cpu, or run on a cluster with GPUs "
-                                 f"(ray.address)") from None  # fmt: skip
+            raise PreflightError(f"{_where(spec, 'train.device')}{exc}; use auto (CUDA when present) or cpu, or run on "
+                                 f"a cluster with GPUs (ray.address)") from None  # fmt: skip
 
 
 #: URI schemes pyarrow (so Ray Tune's storage) opens

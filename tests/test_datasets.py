@@ -82,13 +82,20 @@ def test_npz_uint8_scaled_and_channels_last_transposed(tmp_path):
 @pytest.mark.parametrize(("arrays", "options", "message"), [
     ({"images": np.zeros((40, 0, 0))}, {}, "its examples hold no values (each of shape (1, 0, 0))"),
     ({"images": np.full((40, 4, 4), 1e300)}, {}, "values beyond float32's range (largest magnitude 1e+300)"),
-    ({"images": np.zeros((40, 4, 4))}, {"image_shape": [4, 4]}, "dataset.image_shape: applies to Parquet rows"),
+    ({"images": np.zeros((40, 4, 4))}, {"image_shape": [16]}, "dataset.image_shape: [16] is not the shape of the "
+                                                               "examples of"),
 ])  # fmt: skip
 def test_npz_files_that_cannot_train_are_named_with_why(tmp_path, arrays, options, message):
     """Were: numpy's "zero-size array to reduction operation"; a non-finite loss at step 1; silently ignored."""
     np.savez(tmp_path / "x.npz", **arrays)
     with pytest.raises(DataFileError, match=re.escape(message)):
         FileDataset(str(tmp_path / "x.npz"), **options)
+
+
+def test_an_image_shape_that_matches_a_npz_is_a_no_op(tmp_path):
+    """A space may offer a .npz beside Parquet files whose rows need ``image_shape``: the same shape is no error."""
+    np.savez(tmp_path / "x.npz", images=np.zeros((40, 4, 4), np.uint8))
+    assert FileDataset(str(tmp_path / "x.npz"), image_shape=[4, 4]).example_shape == (1, 4, 4)
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -391,3 +391,23 @@ def test_a_ramp_longer_than_the_training_is_a_note():
     assert schedule_note(parse_spec(warmup)).startswith("objective.schedule.warmup_steps (1000000) is longer than "
                                                         "train.steps")  # fmt: skip
     assert ", not objective.beta 4 (where" not in schedule_note(parse_spec(warmup))  # the space draws no schedule
+
+
+def test_preflight_reads_a_data_file_once_whatever_split_a_trial_draws(tmp_path, monkeypatch):
+    """Each corner of split_seed × test_fraction read the whole file again, and kept every copy until the sweep
+    started (5 reads of a 3 GB file for 5 split seeds)."""
+    import numpy as np
+
+    from bvae_core.data import FileDataset
+    from sweeps.preflight import check_data
+
+    np.savez(tmp_path / "x.npz", images=np.zeros((40, 8, 8), np.uint8))
+    spec = parse_spec({"name": "once", "base": {**BASE, "dataset": {"name": "file", "path": str(tmp_path / "x.npz")}},
+                       "search": {"trials": 4, "space": {"dataset.split_seed": {"int": [1, 5]},
+                                                         "dataset.test_fraction": {"uniform": [0.05, 0.2]},
+                                                         "model.latent_dim": {"choice": [2, 3]}}}})  # fmt: skip
+    reads = []
+    read = FileDataset.__init__
+    monkeypatch.setattr(FileDataset, "__init__", lambda self, *a, **k: (reads.append(k.get("path")), read(self, *a, **k))[1])
+    assert check_data(spec).example_shape == (1, 8, 8)
+    assert len(reads) == 1

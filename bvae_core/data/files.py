@@ -181,10 +181,11 @@ class FileDataset(Dataset):
             if factor_columns is not None:
                 raise DataFileError(f"dataset.factor_columns: applies to Parquet files; a .npz file holds its factors "
                                     f"as one array named {' or '.join(_FACTOR_KEYS)} ([N, n_factors] integers)")  # fmt: skip
-            if image_shape is not None:
-                raise DataFileError("dataset.image_shape: applies to Parquet rows stored as flat lists; a .npz array "
-                                    "keeps its shape ([N, H, W], [N, C, H, W], [N, H, W, C] or [N, d])")  # fmt: skip
             images, factors, names = _load_npz(path, image_column)
+            if image_shape is not None and tuple(image_shape) != images.shape[1:]:  # (the same shape: a no-op)
+                raise DataFileError(f"dataset.image_shape: {list(image_shape)} is not the shape of the examples of "
+                                    f"{path} ({list(images.shape[1:])} as stored); it reshapes Parquet rows stored as "
+                                    f"flat lists, and a .npz array keeps its own (leave it out)")  # fmt: skip
         elif suffix in ("parquet", "pq"):
             images, factors, names, self.skipped_columns = _load_parquet(path, image_column, factor_columns,
                                                                          image_shape)  # fmt: skip
