@@ -182,15 +182,29 @@ def check_cluster_spec(spec: SweepSpec, tracking_uri: str | None) -> str | None:
 
 def check_started_spec(spec: SweepSpec) -> None:
     """A sweep already in its storage resumes with the spec it was started with: refuse another here (SpecError,
-    exit 2), not in the driver, where it cost a job attempt that then reads FAILED. Storage this machine cannot
-    read (no credentials here) is left to the driver."""
+    exit 2), not in the driver, where it cost a job attempt that then reads FAILED. Only where this machine is set
+    up to read the storage (a shared folder; S3 with credentials or an endpoint here — often they live on the
+    cluster only); anything else, and any failure to read, is left to the driver's own check."""
     from .runner import experiment_path, storage_filesystem
+    from .spec import SpecError
     from .started_spec import check_resume_spec
 
+    path = spec.storage.path
+    if "://" in path and not (path.startswith("s3://") and _s3_set_up_here()):
+        return
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # a laptop is no EC2 instance: no metadata probes
     try:
         check_resume_spec(spec, experiment_path(spec), storage_filesystem(spec))
-    except OSError:  # pyarrow's S3 errors when opening the file system (credentials, endpoint): the driver checks
+    except SpecError:
+        raise
+    except Exception:  # noqa: BLE001 - unreadable from here (credentials, endpoint, network): the driver checks
         return
+
+
+def _s3_set_up_here() -> bool:
+    """Whether this machine names S3 credentials or an endpoint (environment or ~/.aws)."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+    return any(os.environ.get(n) for n in names) or (Path.home() / ".aws" / "credentials").exists()
 
 
 def stage_working_dir(spec: SweepSpec, tracking_uri: str | None) -> Path:
@@ -244,7 +258,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"`bvae frontier {spec.name} --tracking-uri {where}`, or give a new sweep another name: "
               f"--set name=…)", file=sys.stderr)  # fmt: skip
         return 0
-    check_started_spec(spec)  # after the cluster answered: a resume's spec, read from the sweep's storage
+    if jobs:  # a resubmission: its spec against the one kept in the sweep's storage (after the cluster answered)
+        check_started_spec(spec)
     taken = {j.submission_id for j in jobs}
     attempt = len(jobs) + 1
     while submission_id(spec.name, key, attempt) in taken:
