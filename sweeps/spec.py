@@ -331,7 +331,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     """Validate a sweep spec mapping; raise :class:`SpecError` naming the field."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping with name, base and search, got {type(data).__name__}")
-    data = _absolute_data_path(data)
+    data = absolute_data_paths(data)
     try:
         model = _SpecModel.model_validate(data)
     except ValidationError as e:
@@ -389,7 +389,7 @@ def _absolute(path: Any) -> Any:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _absolute_data_path(data: dict) -> dict:
+def absolute_data_paths(data: dict) -> dict:
     """Every relative local data path made absolute against the working directory of the command — ``base.dataset.
     path`` and the paths the search space offers (``dataset.path`` values, ``dataset`` options): trials run in other
     processes and directories, and a resumed sweep must read the same file."""

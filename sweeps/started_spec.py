@@ -22,7 +22,7 @@ import yaml
 
 from bvae_core.config import flatten_dotted
 
-from .spec import SpecError, SweepSpec
+from .spec import SpecError, SweepSpec, absolute_data_paths
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.Fil
         return []  # unreadable: the resume goes on as before this file existed
     if started is None:
         return []
+    started = absolute_data_paths(started)  # kept by a version that left the space's data paths relative
     differences = spec_differences(started, spec.raw)
     if not differences:
         cohorts = [flatten_dotted(d).get("search.cohort", "auto") for d in (started, spec.raw)]

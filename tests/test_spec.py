@@ -235,6 +235,25 @@ def test_a_resume_is_checked_against_the_spec_the_sweep_was_started_with(tmp_pat
     assert [k for k, _, _ in spec_differences({"a": {"b": 1}, "ray": {"x": 1}}, {"a": {"b": 2, "c": [1]}})] == ["a.b", "a.c"]
 
 
+def test_a_started_spec_kept_with_relative_data_paths_in_its_space_still_resumes(tmp_path, monkeypatch):
+    """The space's data paths are made absolute now; a sweep started before kept them relative, and its resume read
+    as another spec (the --set it suggested was made absolute again: no way to resume)."""
+    import yaml
+
+    from sweeps.atomic_storage import atomic_local_filesystem
+    from sweeps.started_spec import STARTED_SPEC_FILE, check_resume_spec
+
+    monkeypatch.chdir(tmp_path)
+    data = spec_with(lambda d: (d["base"].update({"dataset": {"name": "file", "path": "x.npz"}}),
+                                d["search"]["space"].update({"dataset.path": {"choice": ["x.npz", "y.npz"]}})))
+    folder = tmp_path / "ray_results" / "unit"
+    folder.mkdir(parents=True)
+    old = copy.deepcopy(data)
+    old["base"]["dataset"]["path"] = str(tmp_path / "x.npz")  # the base's was made absolute then too
+    (folder / STARTED_SPEC_FILE).write_text(yaml.safe_dump(old))
+    assert check_resume_spec(parse_spec(data), str(folder), atomic_local_filesystem()) == []
+
+
 def test_scientific_notation_is_a_number_in_a_spec_file_and_in_set(tmp_path):
     """YAML 1.1 (PyYAML) reads 1e-4 as a string: a search-space bound was refused while base took it."""
     from sweeps.spec import load_spec
