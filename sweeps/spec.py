@@ -354,19 +354,31 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
         raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
                         f"got {model.search.scheduler.metric!r}")  # fmt: skip
     rendered = [m for m in model.eval.metrics if m not in _CODE_BASED_METRICS]
-    if base_config.dataset.name == "file" and rendered:  # mig, dci, sap draw the file's rows; these render
-        raise SpecError(f"eval.metrics: {rendered[0]} is not available on a file dataset: it renders examples that "
-                        f"share a chosen factor, which stored images cannot; mig, dci and sap use the file's factors, "
-                        f"or use one of {', '.join(_FACTOR_DATASETS)}")  # fmt: skip
-    if model.eval.metrics and base_config.dataset.name not in (*_FACTOR_DATASETS, "file"):
-        raise SpecError(f"eval.metrics: not available on the dataset {base_config.dataset.name!r}: it has no "
-                        f"ground-truth factors; disentanglement metrics need one of {', '.join(_FACTOR_DATASETS)} "
-                        f"(or a file dataset with factors, for mig, dci and sap)")  # fmt: skip
+    for name in _dataset_names(base_config.dataset.name, model.search.space):  # the base's and those the space offers
+        if name == "file" and rendered:  # mig, dci, sap draw the file's rows; these render
+            raise SpecError(f"eval.metrics: {rendered[0]} is not available on a file dataset: it renders examples "
+                            f"that share a chosen factor, which stored images cannot; mig, dci and sap use the file's "
+                            f"factors, or use one of {', '.join(_FACTOR_DATASETS)}")  # fmt: skip
+        if model.eval.metrics and name not in (*_FACTOR_DATASETS, "file"):
+            raise SpecError(f"eval.metrics: not available on the dataset {name!r}: it has no ground-truth factors; "
+                            f"disentanglement metrics need one of {', '.join(_FACTOR_DATASETS)} (or a file dataset "
+                            f"with factors, for mig, dci and sap)")  # fmt: skip
     if model.resources.gpu > 1 and not float(model.resources.gpu).is_integer():
         raise SpecError(f"resources.gpu: expected a fraction ≤ 1 or a whole number, got {model.resources.gpu}")
     return SweepSpec(name=model.name, base=model.base, base_config=base_config, space=space, search=model.search,
                      resources=model.resources, tracking=model.tracking, storage=model.storage, ray=model.ray,
                      frontier=model.frontier, eval=model.eval, raw=data)  # fmt: skip
+
+
+def _dataset_names(base: str, space: dict[str, Any]) -> list[str]:
+    """The dataset kinds a trial can get: the base's, and those a ``dataset`` or ``dataset.name`` choice offers."""
+    names = [base]
+    for path in ("dataset", "dataset.name"):
+        for value in corners(space[path]) if path in space else ():
+            name = value.get("name") if isinstance(value, dict) else value
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+    return names
 
 
 def _train_config_key(error: dict, data: dict, source: str) -> str | None:

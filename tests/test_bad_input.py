@@ -120,6 +120,10 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
                                                       "model": {"arch": "mlp", "latent_dim": 2,
                                                                 "likelihood": {"kind": "gaussian"}}}),
                                      "eval": {"metrics": ["mig"]}}, "eval.metrics"),  # fmt: skip
+        ("a rendered metric with a file a choice offers", {**GOOD, "eval": {"metrics": ["betavae_score"]}, "search": {
+            "trials": 2, "space": {"dataset": {"choice": [{"name": "blobs", "resolution": 32},
+                                                          {"name": "file", "path": str(tmp / "any.npz")}]}}}},
+         "eval.metrics: betavae_score is not available on a file dataset"),
         ("real-valued data with the default Bernoulli likelihood",
          _with("base.dataset", {"name": "gaussian", "eigenvalues": [1.0, 0.5]}),
          "model.likelihood: bernoulli needs values in [0, 1]; the gaussian dataset's are real numbers"),
