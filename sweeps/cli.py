@@ -36,13 +36,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     try:
         metrics = train_from_file(args.config, args.overrides, out=args.out, progress=not args.quiet)
-    except ConfigError as exc:
-        if str(exc).startswith(("base: unknown key", "search: unknown key")):  # a sweep spec given to train
+    except ConfigError:
+        if _is_sweep_spec(args.config):
             raise ConfigError(f"{args.config} is a sweep spec (it has base and search): run it with `bvae sweep run "
                               f"{args.config}`; `bvae train` takes a train config (what a spec holds as base)") from None
         raise
     print(metrics_json(metrics))
     return 0
+
+
+def _is_sweep_spec(path: str) -> bool:
+    """Whether the file at ``path`` reads as a sweep spec (top-level ``base`` and ``search``)."""
+    from bvae_core.config import load_config_file
+
+    try:
+        data = load_config_file(path)
+    except ConfigError:
+        return False
+    return "base" in data and "search" in data
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:

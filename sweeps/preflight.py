@@ -277,8 +277,8 @@ def check_devices(spec: SweepSpec) -> None:
                                  f"a cluster with GPUs (ray.address)") from None  # fmt: skip
 
 
-#: URI schemes pyarrow (so Ray Tune's storage) opens
-STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
+#: URI schemes pyarrow (so Ray Tune's storage) opens, as pyarrow spells them (lower case)
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file", "local", "mock")
 
 
 def check_storage(path: str) -> None:
@@ -291,7 +291,7 @@ def check_storage(path: str) -> None:
         if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
             raise PreflightError(f"storage.path: cannot create {folder}: {existing} is not a writable folder")
         return
-    scheme = path.split("://", 1)[0].lower()
+    scheme = path.split("://", 1)[0]
     if scheme not in STORAGE_SCHEMES:
         raise PreflightError(f"storage.path: unsupported scheme '{scheme}://' in {path}; expected a folder, s3://BUCKET/"
                              f"PREFIX or another file system Ray's storage reads ({', '.join(STORAGE_SCHEMES)})")  # fmt: skip

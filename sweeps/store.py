@@ -218,12 +218,16 @@ def check_local_store(uri: str) -> None:
     """Raise ValueError for a local store MLflow cannot open, before it retries for minutes or prints SQL: a sqlite
     URI naming a folder or a file that is not an SQLite database, or a file store MLflow 3 refuses."""
     db = local_sqlite_path(uri)
-    if db is not None and db.is_dir():
-        raise ValueError(f"{uri}: {db} is a folder; expected an SQLite database file (e.g. sqlite:///{db / 'mlflow.db'})")
-    if db is not None and db.is_file() and db.stat().st_size > 0:
-        with open(db, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise ValueError(f"{uri}: {db} is not an SQLite database (an MLflow store made by sqlite:///FILE)")
+    try:
+        if db is not None and db.is_dir():
+            raise ValueError(f"{uri}: {db} is a folder; expected an SQLite database file (e.g. sqlite:///"
+                             f"{db / 'mlflow.db'})")  # fmt: skip
+        if db is not None and db.is_file() and db.stat().st_size > 0:
+            with open(db, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise ValueError(f"{uri}: {db} is not an SQLite database (an MLflow store made by sqlite:///FILE)")
+    except OSError as exc:  # a folder on the way this user may not enter or read
+        raise ValueError(f"{uri}: cannot read {db} ({exc.strerror or exc})") from None
     if uri.lower().startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise ValueError(f"{uri} is MLflow's file store (./mlruns), which MLflow 3 opens only with "
                          f"MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///mlflow.db (`mlflow migrate-filestore` moves a "

@@ -76,12 +76,12 @@ def test_same_config_same_numbers(tiny_config):
     ("dataset.n_test=64", "dataset.n_test: expected fewer than the grid's 64 positions, got 64"),
     ("objective.schedule={kind: free_bits, free_bits: -1}", "objective.schedule.free_bits: input should be greater"),
     ("train.device=tpu", "train.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),  # was exit 1
-    ("train.device=cuda:64", "train.device: cuda:64 requested but"),
+    ("train.device=cuda:64", "train.device: cuda:64 requested but"),  # no CUDA here, or fewer than 65 devices
     ("dataset={name: dsprites, resolution: 32, n_test: 737280}", "dataset.n_test: input should be less than 737280"),
     ("objective.schedule={kind: linear_capacity, c_max: .inf}", "objective.schedule.c_max: input should be a finite "
                                                                 "number"),  # was a non-finite loss at step 1
     ("model.likelihood={kind: gaussian, sigma: 1.0e-300}", "model.likelihood.sigma: input should be greater than or "
-                                                           "equal to 0.000001"),  # was "math domain error", exit 1  # no CUDA here, or fewer than 65 devices
+                                                           "equal to 0.000001"),  # was "math domain error", exit 1
     pytest.param("train.device=mps", "train.device: mps requested but MPS (Apple silicon) is not available",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),  # was 1
     # torch keeps a seed's low 32 bits: 2**32 trained as seed 0, -1 as 2**32 - 1; 2**64 was "Overflow when unpacking"
@@ -248,11 +248,13 @@ def test_a_sweep_spec_given_to_train_says_what_it_is(tmp_path, capsys):
     from sweeps.cli import main
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "s", "base": TINY, "search": {"space": {"objective.beta": {"uniform": [1, 2]}}}}))
-    assert main(["train", str(spec)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (f"bvae train: error: {spec} is a sweep spec (it has base and search): run it with `bvae sweep run "
-                   f"{spec}`; `bvae train` takes a train config (what a spec holds as base)")  # fmt: skip
+    for first in ({}, {"tracking": {"uri": "sqlite:///m.db"}}):  # whichever key pydantic names first
+        spec.write_text(yaml.safe_dump({**first, "name": "s", "base": TINY,
+                                        "search": {"space": {"objective.beta": {"uniform": [1, 2]}}}}, sort_keys=False))
+        assert main(["train", str(spec)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"bvae train: error: {spec} is a sweep spec (it has base and search): run it with `bvae sweep "
+                       f"run {spec}`; `bvae train` takes a train config (what a spec holds as base)")  # fmt: skip
 
 
 
@@ -264,3 +266,15 @@ def test_a_ramp_longer_than_the_run_is_a_note(tiny_config, capsys):
     err = capsys.readouterr().err
     assert "note: objective.schedule.ramp_steps (100000) is longer than train.steps (" in err
     assert ": C(t) ends at " in err and "nats, not c_max 25" in err, err
+
+
+def test_a_cuda_index_past_the_machines_devices_is_named(monkeypatch):
+    """``cuda:3`` on a 2-GPU machine: the count, not CUDA's "invalid device ordinal" mid-setup."""
+    from bvae_core.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"^train\.device: cuda:3 requested but this machine has 2 CUDA device\(s\) "
+                                         r"\(cuda:0 to cuda:1\)$"):  # fmt: skip
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)

@@ -447,3 +447,17 @@ def test_tuner_restore_continues_the_same_runs(local_ray, store, tmp_path):
     for t in crashed:  # resumed from the checkpoint of step 10 in the same run: one continuous history
         steps = [m.step for m in client.get_metric_history(after[t].info.run_id, "rate")]
         assert steps == [10, 20, 30]
+
+
+def test_a_store_behind_a_folder_this_user_cannot_enter_is_a_value_error(monkeypatch, tmp_path):
+    """PermissionError escaped the store checks as exit 1 ("failed: PermissionError") instead of one line, exit 2."""
+    from pathlib import Path
+
+    from sweeps.store import check_local_store
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "is_dir", denied)
+    with pytest.raises(ValueError, match=r"cannot read .*m\.db \(Permission denied\)$"):
+        check_local_store(f"sqlite:///{tmp_path}/m.db")
