@@ -75,6 +75,18 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def _restoring_set(started: dict[str, Any], key: str) -> str:
+    """The ``--set`` that gives ``key`` its started value back: a search-space entry whole (its distribution is one
+    value on the command line), anything else as the leaf."""
+    space = (started.get("search") or {}).get("space") or {}
+    for path in sorted(space, key=len, reverse=True):
+        if key == f"search.space.{path}" or key.startswith(f"search.space.{path}."):
+            flow = yaml.safe_dump(space[path], default_flow_style=True, width=10**6, sort_keys=False).strip()
+            return f"--set {shlex.quote(f'search.space.{path}={flow}')}"
+    value = flatten_dotted(started).get(key)
+    return f"--set {shlex.quote(f'{key}={_shown(value)}')}"
+
+
 def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> list[str]:
     """Raise ``SpecError`` when ``spec`` would resume the sweep in ``experiment_dir`` as another sweep; return notes
     on the values that may change but that a resume does not follow (``search.cohort``)."""
@@ -88,13 +100,13 @@ def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.Fil
     differences = spec_differences(started, spec.raw)
     if not differences:
         cohorts = [flatten_dotted(d).get("search.cohort", "auto") for d in (started, spec.raw)]
-        if cohorts[0] != cohorts[1]:
+        if cohorts[1] != "auto" and cohorts[0] != cohorts[1]:  # (auto: kept as what it chose when the sweep started)
             return [f"search.cohort: a resumed search keeps the cohorts it started with ({_shown(cohorts[0])}); "
                     f"{_shown(cohorts[1])} applies to a new sweep"]  # fmt: skip
         return []
     shown = "; ".join(f"{k}: started with {_shown(s)}, given {_shown(g)}" for k, s, g in differences[:4])
     more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
-    sets = " ".join(f"--set {shlex.quote(f'{k}={_shown(s)}')}" for k, s, _ in differences[:4] if s is not None)
+    sets = " ".join(dict.fromkeys(_restoring_set(started, k) for k, s, _ in differences[:4] if s is not None))
     hint = f", e.g. {sets}" if sets else ""
     raise SpecError(f"{differences[0][0]}: this spec is not the one sweep {spec.name!r} was started with ({shown}{more}); "
                     f"resume it with the spec and --set values it was started with{hint}")  # fmt: skip

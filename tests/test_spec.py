@@ -207,6 +207,9 @@ def test_the_shipped_specs_parse_and_fuse_as_they_say(name):
 
 def test_a_resume_is_checked_against_the_spec_the_sweep_was_started_with(tmp_path):
     """What is trained or searched may not change on resume; where and how it runs may (sweeps.started_spec)."""
+    import yaml
+
+    from bvae_core.config import load_config_file
     from sweeps.atomic_storage import atomic_local_filesystem
     from sweeps.started_spec import check_resume_spec, save_started_spec, spec_differences
 
@@ -233,6 +236,19 @@ def test_a_resume_is_checked_against_the_spec_the_sweep_was_started_with(tmp_pat
                                         r"e.g. --set search.trials=12$"):
         check_resume_spec(parse_spec(other), folder, atomic_local_filesystem())
     assert [k for k, _, _ in spec_differences({"a": {"b": 1}, "ray": {"x": 1}}, {"a": {"b": 2, "c": [1]}})] == ["a.b", "a.c"]
+    auto = copy.deepcopy(SPEC)
+    auto["search"]["cohort"] = "auto"  # what the sweep resolved auto to is kept: nothing to say
+    assert check_resume_spec(parse_spec(auto), folder, atomic_local_filesystem()) == []
+    # a search-space entry is restored whole: `--set search.space.objective.beta.log_uniform=[…]` was refused
+    ranged = copy.deepcopy(SPEC)
+    ranged["search"]["space"]["objective.beta"] = {"log_uniform": [0.5, 2]}
+    with pytest.raises(SpecError) as refused:
+        check_resume_spec(parse_spec(ranged), folder, atomic_local_filesystem())
+    assert str(refused.value).endswith("e.g. --set 'search.space.objective.beta={log_uniform: [0.1, 10]}'")
+    spec_file = tmp_path / "ranged.yaml"
+    spec_file.write_text(yaml.safe_dump(ranged))
+    restored = load_config_file(spec_file, ["search.space.objective.beta={log_uniform: [0.1, 10]}"])
+    assert check_resume_spec(parse_spec(restored), folder, atomic_local_filesystem()) == []
 
 
 def test_a_started_spec_kept_with_relative_data_paths_in_its_space_still_resumes(tmp_path, monkeypatch):
