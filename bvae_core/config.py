@@ -183,7 +183,8 @@ class LinearCapacitySchedule(ScheduleConfig):
         if self.ramp_steps <= steps:
             return None
         return (f"objective.schedule.ramp_steps ({self.ramp_steps}) is longer than train.steps ({steps}): C(t) ends "
-                f"at {self.value(beta, steps).capacity:.3g} nats, not c_max {self.c_max:g}")  # fmt: skip
+                f"at {100 * steps / self.ramp_steps:.2g}% of c_max ({self.value(beta, steps).capacity:.3g} of "
+                f"{self.c_max:g} nats)")  # fmt: skip
 
 
 class WarmupSchedule(ScheduleConfig):
@@ -203,7 +204,8 @@ class WarmupSchedule(ScheduleConfig):
         if self.warmup_steps <= steps:
             return None
         return (f"objective.schedule.warmup_steps ({self.warmup_steps}) is longer than train.steps ({steps}): β(t) "
-                f"ends at {self.value(beta, steps).beta:.3g}, not objective.beta {beta:g}")  # fmt: skip
+                f"ends at {self.value(beta, steps).beta:.3g}, {100 * steps / self.warmup_steps:.2g}% of the way from "
+                f"beta_start {self.beta_start:g} to objective.beta {beta:g}")  # fmt: skip
 
 
 class FreeBitsSchedule(ScheduleConfig):

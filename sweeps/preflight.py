@@ -197,7 +197,7 @@ def schedule_note(spec: SweepSpec) -> str | None:
         short = config.objective.schedule.cut_short(config.objective.beta, config.train.steps)
         if short:
             drawn = config.objective != base.objective or config.train.steps != base.train.steps
-            return short + (" (where the search space draws these values)" if drawn else "")
+            return short + (" — in trials the search space draws so" if drawn else "")
     return None
 
 

@@ -256,7 +256,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
             fewer = f" (the grid holds {trials}; search.trials asked {spec.search.trials})" if trials < spec.search.trials else ""
             if spec.search.sampler == "grid" and grid_size(spec) > trials:
                 fewer = f" (of the grid's {grid_size(spec)} combinations: search.trials)"
-            print(f"sweep {spec.name}: {trials} trials{fewer}, {at_once}, sampler {spec.search.sampler}; "
+            print(f"sweep {spec.name}: {trials} trial{'s' if trials != 1 else ''}{fewer}, {at_once}, sampler {spec.search.sampler}; "
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
             for note in notes:
                 print(f"note: {note}", file=sys.stderr, flush=True)
