@@ -64,6 +64,7 @@ class SweepProgress(Callback):
         self._stream = stream
         self._show_params = show_params
         self._started = time.monotonic()
+        self._training_since: float | None = None  # the first trial's start in this driver: the pace counts from it
 
     def __getstate__(self) -> dict:  # pickled into Tune's experiment state: no stream
         state = self.__dict__.copy()
@@ -73,6 +74,7 @@ class SweepProgress(Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update({"_ended_before": None, "_trial_steps": None, **state, "_told_failures": set()})
         self._started = time.monotonic()  # a resumed driver measures its own pace
+        self._training_since = None
 
     @property
     def stream(self) -> TextIO:
@@ -115,7 +117,9 @@ class SweepProgress(Callback):
         """Seconds left at the pace so far (training steps per second over all trials), or None before any step.
         A running trial has its own ``train.steps`` left to train, an ended one (completed, stopped, failed) none,
         and a trial not started yet the mean steps of those started."""
-        elapsed = time.monotonic() - self._started
+        if self._training_since is None:
+            return None
+        elapsed = time.monotonic() - self._training_since  # not Ray's start-up: it made the first ETAs 2–4× long
         before = self._ended_before or set()  # trained before this driver: not part of its pace
         mine = [r for r in self.rows.values() if r.trial_id not in before]
         work = sum(r.step for r in mine)  # what was trained: a member stopped at step 2 trained 2 steps, not all
@@ -164,6 +168,8 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         (self._ended_before or set()).discard(trial.trial_id)  # an errored trial a resume trains again
+        if self._training_since is None:
+            self._training_since = time.monotonic()
         row = self._row(trial)
         row.status = "RUNNING"
         self._print(f"[{time.monotonic() - self._started:7.1f}s] trial {trial.trial_id} started  | {self._state()}")

@@ -243,9 +243,10 @@ def test_the_progress_line_counts_each_trials_own_steps():
     progress = SweepProgress(3, 100, stream=out, trial_steps=partial(_trial_steps, spec))
     long, short = (SimpleNamespace(trial_id=i, status="RUNNING", config={"train.steps": n}, last_result=None)
                    for i, n in (("long", 400), ("short", 100)))  # fmt: skip
+    progress._started -= 30.0  # Ray took 30 s to start: not part of the training pace (the first ETAs ran 2–4× long)
     for trial in (long, short):
         progress.on_trial_start(0, [], trial)
-    progress._started -= 10.0  # ten seconds in
+    progress._training_since -= 10.0  # ten seconds of training in
     progress.on_trial_result(0, [], long, {"step": 300, "rate": 1.0, "distortion": 2.0})
     assert " step 300/400 " in out.getvalue().splitlines()[-1]
     progress.on_trial_result(0, [], short, {"step": 100, "rate": 1.0, "distortion": 2.0})
@@ -264,7 +265,7 @@ def test_the_eta_counts_what_an_ended_trial_trained_not_its_plan():
     stopped, running = (SimpleNamespace(trial_id=i, status="RUNNING", config={}, last_result=None) for i in "ab")
     for trial in (stopped, running):
         progress.on_trial_start(0, [], trial)
-    progress._started -= 10.0
+    progress._training_since -= 10.0
     stopped.last_result = {"step": 2, "rate": 1.0, "distortion": 2.0, DONE_KEY: False}
     progress.on_trial_complete(0, [], stopped)
     progress.on_trial_result(0, [], running, {"step": 1000, "rate": 1.0, "distortion": 2.0})
