@@ -54,6 +54,18 @@ def test_same_seed_same_numbers_and_other_seed_other_numbers():
     assert m1["distortion"] != m3["distortion"]
 
 
+def test_the_held_out_numbers_do_not_depend_on_the_evaluation_batch_size():
+    """The posterior noise was drawn batch by batch: train.eval_batch_size 512, 7 or 1 gave three distortions."""
+    from bvae_core.evaluation import evaluate
+
+    trainer = Trainer(_image_config("mlp"))
+    trainer.fit(3)
+    numbers = [evaluate(trainer.model, trainer.likelihood, trainer.dataset, batch_size=b, n_eval=40)
+               for b in (512, 7, 1)]  # fmt: skip
+    for key in ("rate", "distortion", "nelbo"):
+        assert numbers[0][key] == pytest.approx(numbers[1][key], rel=1e-5) == pytest.approx(numbers[2][key], rel=1e-5)
+
+
 def test_evaluate_does_not_disturb_training():
     a, b = Trainer(_image_config("mlp")), Trainer(_image_config("mlp"))
     a.fit(3), b.fit(3)
