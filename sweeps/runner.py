@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bvae_core.config import ConfigError
 
 from .spec import SpecError, SweepSpec
 
@@ -170,17 +174,64 @@ def tune_callbacks(spec: SweepSpec, callbacks: list, *, restored: bool = False) 
     return [MemberFanOut(c) for c in callbacks]
 
 
+class SweepBusy(ConfigError):
+    """Another process on this machine drives the sweep (exit 2: nothing was started)."""
+
+
+@contextlib.contextmanager
+def sweep_lock(spec: SweepSpec) -> Iterator[None]:
+    """Hold the sweep's lock (``.NAME.lock`` in a local storage folder) while a driver runs it: a second ``bvae
+    sweep run``/``resume`` of the same sweep on this machine stops with one line instead of training its trials
+    twice. Object stores (s3://) have no such lock; on a cluster, a sweep's job id keeps it to one driver."""
+    if "://" in spec.storage.path:
+        yield
+        return
+    import fcntl
+
+    root = Path(storage_root(spec))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{spec.name}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise SweepBusy(f"name: sweep {spec.name!r} is being run by another process on this machine (pid "
+                            f"{holder}); wait for it to end, or stop it (Ctrl+C there), then resume") from None  # fmt: skip
+        except OSError:  # a file system without locks (some network mounts): run unlocked, as before
+            yield
+            return
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = None) -> SweepOutcome:
     """Run (or, with ``resume``, continue) the sweep; return when every trial has ended.
 
     If anything fails after the parent run exists (Ray does not start, the Tuner raises, Ctrl+C), the sweep's runs
     are ended — KILLED for an interruption, FAILED otherwise — never left RUNNING; ``bvae sweep resume`` continues
     them."""
+    from .preflight import preflight
+    from .store import resolve_given_tracking_uri
+
+    uri, _ = resolve_given_tracking_uri(tracking_uri, spec.tracking.uri, Path.cwd())
+    path = experiment_path(spec)
+    notes = preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
+    with sweep_lock(spec):  # one driver per sweep on this machine: two at once trained its trials twice
+        return _run_checked(spec, resume, uri, path, notes)
+
+
+def _run_checked(spec: SweepSpec, resume: bool, uri: str, path: str, notes: list[str]) -> SweepOutcome:
+    """:func:`run_sweep` once its input has passed the preflight and it holds the sweep's lock."""
     from ray import tune
 
     from .atomic_storage import unreadable_experiment_state
-    from .preflight import preflight
-    from .store import FAILED, KILLED, resolve_given_tracking_uri
+    from .store import FAILED, KILLED
     from .cohort_size import resolve_cohort
     from .search import build_scheduler, build_searcher, fused, optuna_study
     from .space import grid_size, planned_trials
@@ -188,9 +239,6 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
     from .state_saves import serialize_state_saves
     from .trainable import train_trial
 
-    uri, _ = resolve_given_tracking_uri(tracking_uri, spec.tracking.uri, Path.cwd())
-    path = experiment_path(spec)
-    notes = preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
     filesystem = storage_filesystem(spec)
     exists = tune.Tuner.can_restore(path, storage_filesystem=filesystem)
     if resume and not exists:

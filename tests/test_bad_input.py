@@ -5,6 +5,7 @@ run behind."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -393,3 +394,20 @@ def test_registering_a_pick_whose_checkpoint_is_gone_says_so_and_registers_nothi
     assert client.search_registered_models() == []
     assert not [k for k in client.get_run(parent).data.tags if k.startswith("bvae.pick.")]
 
+
+
+def test_a_sweep_another_process_runs_is_refused_and_nothing_started(tmp_path, capsys, monkeypatch):
+    """Two `bvae sweep resume` of one sweep at once both ran: a 3-trial sweep ended with 5 runs, trials doubled."""
+    from sweeps.runner import sweep_lock
+    from sweeps.spec import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(GOOD))
+    with sweep_lock(parse_spec(copy.deepcopy(GOOD))):  # another driver holds it (its pid is in the lock file)
+        for verb in ("run", "resume"):
+            assert main(["sweep", verb, "spec.yaml"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("bvae sweep: error: name: sweep 'bad' is being run by another process on this "
+                                  f"machine (pid {os.getpid()})") and "\n" not in err, err  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ray_results", "spec.yaml"]  # no tracking store, no run
+    assert [p.name for p in (tmp_path / "ray_results").iterdir()] == [".bad.lock"]
