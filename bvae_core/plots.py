@@ -102,6 +102,10 @@ FIGURE_EXAMPLES = 12
 FIGURE_SEED = 0
 
 
+#: the figures :func:`save_model_plots` may write
+MODEL_FIGURES = ("kl_per_dim.png", "reconstructions.png", "traversals.png")
+
+
 def save_model_plots(model: VAE, likelihood: Likelihood, dataset: Dataset, metrics: dict[str, float],
                      out_dir: str | Path) -> list[Path]:  # fmt: skip
     """Write ``kl_per_dim.png`` and, for image data, ``reconstructions.png`` and ``traversals.png``.

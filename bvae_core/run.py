@@ -48,12 +48,16 @@ def metrics_json(metrics: dict[str, float], **kwargs: Any) -> str:
     return json.dumps(clean, sort_keys=True, allow_nan=False, **kwargs)
 
 
+#: the files :func:`train` writes in ``out`` besides the figures
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json")
+
+
 def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, progress: bool = True) -> dict[str, float]:
     """Train to ``train.steps``, evaluating every ``train.eval_every`` steps; return the final held-out metrics.
 
     With ``out``: ``checkpoint.pt`` after every evaluation, then ``config.yaml`` (resolved), ``metrics.json`` and
-    the plots of :func:`bvae_core.plots.save_model_plots`; a folder that holds a run already gets this one's files
-    (with a note on stderr: training starts over, it does not continue that run)."""
+    the plots of :func:`bvae_core.plots.save_model_plots`; in a folder that holds a run already, that run's files
+    are removed first (with a note on stderr: training starts over, it does not continue that run)."""
     cfg = parse_config(config)
     try:
         trainer = Trainer(cfg)
@@ -69,9 +73,14 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"out: cannot create the folder {out_dir}: {e.strerror or e}") from None
-        if (out_dir / "checkpoint.pt").exists():  # said, not silent: the earlier run's files are about to go
-            print(f"note: out: {out_dir} already holds a run (checkpoint.pt); this run starts from step 0 and replaces "
-                  f"its files", file=sys.stderr, flush=True)  # fmt: skip
+        if (out_dir / "checkpoint.pt").exists():  # said, not silent: the earlier run's files go
+            from .plots import MODEL_FIGURES
+
+            earlier = [out_dir / name for name in (*RUN_FILES, *MODEL_FIGURES) if (out_dir / name).exists()]
+            print(f"note: out: {out_dir} already holds a run (checkpoint.pt); this run starts from step 0, and its "
+                  f"files ({', '.join(p.name for p in earlier)}) are removed first", file=sys.stderr, flush=True)  # fmt: skip
+            for path in earlier:  # none of them may be left beside this run's (a folder mixing two runs)
+                path.unlink()
         try:  # the first write: a folder that exists but is read-only stops here, before any training
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         except OSError as e:

@@ -56,6 +56,15 @@ def test_train_prints_progress_and_final_json(tiny_config, tmp_path):
     assert "already holds a run" not in result.stderr
     again = bvae("train", str(tiny_config), "--out", str(out), "--quiet")  # into the same folder: said, not silent
     assert again.returncode == 0 and f"note: out: {out} already holds a run (checkpoint.pt)" in again.stderr
+    # vector data has no images to show: the earlier run's reconstructions and traversals must not stay beside it
+    vectors = tmp_path / "vectors.yaml"
+    vectors.write_text(yaml.safe_dump({"dataset": {"name": "gaussian", "eigenvalues": [1.0, 0.5], "n_train": 200,
+                                                   "n_test": 50},
+                                       "model": {"arch": "linear", "latent_dim": 2, "likelihood": {"kind": "gaussian"}},
+                                       "train": {"steps": 10, "eval_every": 10}}))  # fmt: skip
+    third = bvae("train", str(vectors), "--out", str(out), "--quiet")
+    assert third.returncode == 0 and "traversals.png) are removed first" in third.stderr, third.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "kl_per_dim.png", "metrics.json"]
 
 
 def test_same_config_same_numbers(tiny_config):
