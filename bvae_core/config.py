@@ -312,6 +312,17 @@ class TrainConfig(_Strict):
                              "numbers: use {kind: gaussian, sigma: 1.0}")  # fmt: skip
         return self
 
+    def ignored_fields(self) -> dict[str, str]:
+        """Dotted fields this config has that its training never reads, with why (runs differing in one only are
+        copies of each other)."""
+        ignored = {}
+        if not self.objective.schedule.uses_beta:
+            ignored["objective.beta"] = (f"objective.schedule {self.objective.schedule.kind} weighs the KL by its "
+                                         f"gamma, not β")  # fmt: skip
+        if self.model.arch != "mlp":
+            ignored["model.hidden"] = f"model.arch {self.model.arch} has no hidden width to set (only mlp has)"
+        return ignored
+
 
 def objective_settings(config: TrainConfig) -> dict[str, Any]:
     """What a run's objective actually uses, flat: ``beta`` (only where β weighs the KL), ``schedule`` (its kind)

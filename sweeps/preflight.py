@@ -187,6 +187,19 @@ def scheduler_note(spec: SweepSpec) -> str | None:
             f"grace_period or evaluate more often (a smaller train.eval_every)")
 
 
+def check_searched_fields_used(spec: SweepSpec) -> None:
+    """A searched field no trial reads (β under a capacity schedule, ``model.hidden`` of a conv model) trains copies
+    of one model as different trials: refused, naming why."""
+    from .space import corner_configs
+
+    for path in spec.space:
+        configs = list(corner_configs(spec, (path, "objective.schedule", "model.arch")))
+        reasons = [c.ignored_fields().get(path) for c in configs]
+        if reasons and all(reasons):
+            raise PreflightError(f"search.space.{path}: no trial uses it ({reasons[0]}); search what this sweep's "
+                                 f"trials do read, or a setting that uses {path}")  # fmt: skip
+
+
 def schedule_note(spec: SweepSpec) -> str | None:
     """A schedule whose ramp is longer than a trial's training (``ramp_steps`` past ``train.steps``): those trials
     never reach c_max (or β), which the frontier would not show."""
@@ -318,6 +331,7 @@ def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
     check_devices(spec)
     check_storage(spec.storage.path)
     check_latent_size(spec)
+    check_searched_fields_used(spec)
     data = check_data(spec)
     check_tracking(tracking_uri)
     file_rows = len(data.factors) if data is not None and data.factors is not None else None

@@ -95,6 +95,15 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("scheduler on an unknown metric", _with("search.scheduler", {"metric": "elbo"}), "scheduler.metric"),
         ("cohort of 0", _with("search.cohort", 0), "search.cohort"),
         ("no objectives", _with("search.objectives", []), "search.objectives: list should have at least 1 item"),
+        ("β searched under a capacity schedule (every trial the same model)",
+         _with("base.objective.schedule", {"kind": "linear_capacity", "c_max": 5.0, "ramp_steps": 10}),
+         "search.space.objective.beta: no trial uses it (objective.schedule linear_capacity weighs the KL by its "
+         "gamma, not β)"),
+        ("the hidden width searched for a conv model", {**GOOD, "base": {**BASE, "model": {"arch": "burgess",
+                                                                                           "latent_dim": 4}},
+                                                        "search": {"trials": 2, "space": {"model.hidden": {
+                                                            "choice": [8, 64]}}}},
+         "search.space.model.hidden: no trial uses it (model.arch burgess has no hidden width to set"),
         ("a train config given as a spec", BASE, "this is a train config (it has dataset, no base or search): train "
                                                  "it with `bvae train"),
         ("a train config's field at the top (--set train.steps=50 for base.train.steps)", _with("train", {"steps": 50}),
