@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import shlex
 import shutil
@@ -431,22 +430,6 @@ def continue_hint(name: str) -> str:
     return f"bvae sweep submit SPEC (the spec of sweep {name!r}, with the --set values it was submitted with)"
 
 
-class _StopInOurWords(logging.Filter):
-    """Tune's "Stop signal received (e.g. via SIGINT/Ctrl+C) … Press CTRL+C … to skip" — advice for a terminal the
-    job has not — becomes one line a job's log means."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Stop signal received"):
-            print("bvae job driver: stop asked (bvae sweep stop); saving the sweep's state", file=sys.stderr,
-                  flush=True)
-            return False
-        return True
-
-
-def _say_stop_in_our_words() -> None:
-    logging.getLogger("ray.tune.tune").addFilter(_StopInOurWords())
-
-
 def drive(spec_path: str) -> int:
     """The submitted job's entrypoint: resume the sweep when its Tune experiment exists in its storage, else run
     it. SIGINT (``stop``) and SIGTERM end it as Ctrl+C would: Tune saves its state and the runs end KILLED."""
@@ -456,7 +439,9 @@ def drive(spec_path: str) -> int:
 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # Ray blocks SIGINT in the processes it starts
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    _say_stop_in_our_words()
+    from . import quiet
+
+    quiet.STOP_LINE = "bvae job driver: stop asked (bvae sweep stop); saving the sweep's state"  # no terminal here
     spec = load_spec(spec_path)
     argv = ["sweep", "run", spec_path]
     if spec.tracking.uri is None:

@@ -16,7 +16,8 @@ the project's own lines come first and every other warning still shows.
 | Ray (`…authentication_token_setup`) | "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out" | the embedded Ray keeps Ray's secure default (token auth, on 127.0.0.1); nothing to do |
 
 The opposite notice ("Token authentication is *disabled* … Anyone with network access …") is kept: it concerns the
-user.
+user. Tune's "Stop signal received (e.g. via SIGINT/Ctrl+C) … Press CTRL+C … to skip", a timestamped log line, is
+said in the project's words (:data:`STOP_LINE`; a submitted sweep's driver, which has no terminal, says its own).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 
 _SILENCED: dict[str, re.Pattern[str]] = {
     "ray.tune.tune": re.compile(r"Experiment has been interrupted|Trials did not complete"),
@@ -38,6 +40,18 @@ _SILENCED: dict[str, re.Pattern[str]] = {
     "mlflow.pytorch": re.compile(r"Pickle or CloudPickle format requires|Stored model version '([^'+]+)(\+[^']*)?' "
                                  r"does not match installed PyTorch version '\1(\+[^']*)?'"),  # fmt: skip
 }
+
+
+#: What a stop (Ctrl+C) prints in place of Tune's line; ``sweeps.jobs`` sets the driver's.
+STOP_LINE = "bvae sweep: stopping; Tune saves the sweep's state (Ctrl+C again skips that)"
+
+
+class _StopInOurWords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Stop signal received"):
+            print(STOP_LINE, file=sys.stderr, flush=True)
+            return False
+        return True
 
 
 class _DropMatching(logging.Filter):
@@ -57,3 +71,6 @@ def quiet_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMatching) for f in logger.filters):
             logger.addFilter(_DropMatching(pattern))
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _StopInOurWords) for f in tune_logger.filters):
+        tune_logger.addFilter(_StopInOurWords())

@@ -191,6 +191,9 @@ def test_ctrl_c_before_any_trial_reported_leaves_the_parent_run_killed_not_finis
             driver.kill()
     assert driver.returncode == 130, err[-3000:]
     assert "INTERRUPTED" in out and "0/2 trials completed" in out  # of the sweep's 2, not of those started
+    # the stop in the project's words, not Tune's timestamped WARNING line
+    assert "bvae sweep: stopping; Tune saves the sweep's state (Ctrl+C again skips that)" in err, err[-3000:]
+    assert "Stop signal received" not in err, err[-3000:]
     _, parent, runs = _runs(data["tracking"]["uri"], "early", str(tmp_path / "ray_results" / "early"))
     assert parent.info.status == "KILLED" and "RUNNING" not in {r.info.status for r in runs}
 
