@@ -93,6 +93,8 @@ def _check_file_config(spec: SweepSpec, config: Any, dataset: Any) -> None:
 _FACTORS_NEEDED = {"dci": 2, "mig": 1, "sap": 1}
 #: metrics that compare the two most informative code dimensions (MIG's and SAP's gap) or need several (DCI)
 _TWO_CODES = ("mig", "sap", "dci")
+_TWO_CODES_WHY = {"mig": "it compares the two most informative", "sap": "it compares the two most predictive",
+                  "dci": "its completeness is an entropy over the code dimensions, in base latent_dim"}  # fmt: skip
 
 
 def check_varying_factors(metrics: list[str], dataset) -> None:
@@ -117,8 +119,11 @@ def check_latent_size(spec: SweepSpec) -> None:
 
     least = min(c.model.latent_dim for c in corner_configs(spec, ("model.latent_dim",)))
     if least < 2:
-        raise PreflightError(f"eval.metrics: {needing[0]} needs at least 2 latent dimensions (it compares the two "
-                             f"most informative), and model.latent_dim can be {least}")  # fmt: skip
+        metric = needing[0]
+        why = _TWO_CODES_WHY[metric]
+        where = "can be" if "model.latent_dim" in spec.space else "is"
+        raise PreflightError(f"eval.metrics: {metric} needs at least 2 latent dimensions ({why}), and "
+                             f"model.latent_dim {where} {least}")  # fmt: skip
 
 
 def factors_note(spec: SweepSpec, data: Any) -> str | None:

@@ -446,3 +446,15 @@ def test_preflight_reads_a_data_file_once_whatever_split_a_trial_draws(tmp_path,
     monkeypatch.setattr(FileDataset, "__init__", lambda self, *a, **k: (reads.append(k.get("path")), read(self, *a, **k))[1])
     assert check_data(spec).example_shape == (1, 8, 8)
     assert len(reads) == 1
+
+
+def test_a_latent_size_too_small_for_a_metric_says_that_metrics_reason():
+    """DCI's refusal gave MIG's reason ("it compares the two most informative")."""
+    from sweeps.preflight import PreflightError, check_latent_size
+
+    data = {**SPEC, "base": {**BASE, "model": {**BASE["model"], "latent_dim": 1}}, "eval": {"metrics": ["dci"]},
+            "search": {"trials": 2, "space": {"objective.beta": {"log_uniform": [0.1, 10]}}}}  # fmt: skip
+    with pytest.raises(PreflightError, match=r"^eval\.metrics: dci needs at least 2 latent dimensions \(its "
+                                             r"completeness is an entropy over the code dimensions, in base "
+                                             r"latent_dim\), and model\.latent_dim is 1$"):  # fmt: skip
+        check_latent_size(parse_spec(data))
