@@ -102,6 +102,12 @@ def parallel_trials(spec: SweepSpec) -> int:
     return spec.search.concurrency if spec.search.concurrency is not None else cluster_fits(spec)
 
 
+def trials_at_once(spec: SweepSpec, concurrency: int) -> int:
+    """What the first line says runs at once: the searcher's limit and, on the embedded Ray, what this machine's
+    cores fit (``search.concurrency: 8`` on one core said "8 at a time"; a cluster may add nodes as trials wait)."""
+    return concurrency if spec.ray.address is not None else min(concurrency, cluster_fits(spec))
+
+
 def default_concurrency(spec: SweepSpec) -> int:
     """Ray trials at once (:func:`parallel_trials`), never more than there are trials. Not fewer with cohorts:
     configurations that cannot share a model (another latent size, schedule kind, …) form cohorts of their own, which
@@ -295,9 +301,10 @@ def _run_checked(spec: SweepSpec, resume: bool, uri: str, path: str, notes: list
                     verbose=0,
                 ),
             )
-            at_once = (f"{concurrency} at a time" if spec.search.cohort == 1 else
-                       f"in fused cohorts of up to {spec.search.cohort}, up to {concurrency} "
-                       f"cohort{'s' if concurrency > 1 else ''} at a time"
+            at_most = trials_at_once(spec, concurrency)
+            at_once = (f"{at_most} at a time" if spec.search.cohort == 1 else
+                       f"in fused cohorts of up to {spec.search.cohort}, up to {at_most} "
+                       f"cohort{'s' if at_most > 1 else ''} at a time"
                        + (", each member stopped early on its own" if spec.search.scheduler else ""))  # fmt: skip
             if choice is not None:
                 at_once += f" (search.cohort auto: {choice.size}, {choice.why})"

@@ -139,6 +139,14 @@ def test_a_top_level_key_such_as_the_seed_can_be_searched(local_ray, tmp_path, c
     assert rates["0"] != rates["1"]  # the seed reached the trainer
 
 
+def test_the_first_line_says_what_this_machine_runs_at_once(local_ray, tmp_path):
+    from sweeps.runner import trials_at_once
+
+    data = make_spec(tmp_path, "wide", {"trials": 8, "concurrency": 8, "space": {"objective.beta": {"uniform": [1, 2]}}})
+    assert trials_at_once(parse_spec(data), 8) == 2  # the local Ray's 2 cores, one trial each
+    assert trials_at_once(parse_spec({**data, "ray": {"address": "auto"}}), 8) == 8  # a cluster may grow
+
+
 def test_scheduler_stopped_trial_is_pruned(local_ray, tmp_path, capsys):
     base = {**GAUSSIAN_BASE, "train": {**GAUSSIAN_BASE["train"], "steps": 400}}
     data = make_spec(tmp_path, "asha", {
