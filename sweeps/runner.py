@@ -256,7 +256,7 @@ def _run_checked(spec: SweepSpec, resume: bool, uri: str, path: str, notes: list
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; continue it with "
                         f"`bvae sweep resume`, or give this one another name (--set name=…)")  # fmt: skip
-    resume_notes = check_resume_spec(spec, path, filesystem) if resume else []  # the sweep started, not another
+    resume_notes = check_resume_spec(spec, path, filesystem, uri) if resume else []  # the sweep started, not another
     trials = planned_trials(spec)
     callbacks = build_callbacks(spec, uri, trials)
     tracking, live = callbacks[0], callbacks[1]
@@ -315,7 +315,7 @@ def _run_checked(spec: SweepSpec, resume: bool, uri: str, path: str, notes: list
                   f"tracking {uri}; storage {path}", file=sys.stderr, flush=True)  # fmt: skip
             for note in notes:
                 print(f"note: {note}", file=sys.stderr, flush=True)
-            save_started_spec(spec, path, filesystem)
+            save_started_spec(spec, path, filesystem, uri)
         serialize_state_saves()  # no save rewrites the state while Tune copies it to storage
         results = tuner.fit()
     except KeyboardInterrupt:

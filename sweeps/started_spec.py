@@ -37,14 +37,18 @@ def _file(experiment_dir: str, filesystem: pafs.FileSystem | None) -> tuple[pafs
     return filesystem, f"{experiment_dir.rstrip('/')}/{STARTED_SPEC_FILE}"
 
 
-def save_started_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> None:
-    """Keep ``spec.raw`` in the sweep's experiment folder (a folder or URI) before its first trial. A storage that
-    refuses it is logged, not raised: the sweep runs, and a resume goes unchecked."""
+def save_started_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None,
+                      tracking_uri: str | None = None) -> None:  # fmt: skip
+    """Keep ``spec.raw`` in the sweep's experiment folder (a folder or URI) before its first trial, with
+    ``tracking_uri``, the store it tracks in, as its ``tracking.uri``. A storage that refuses it is logged, not
+    raised: the sweep runs, and a resume goes unchecked."""
+    raw = spec.raw if tracking_uri is None else {**spec.raw, "tracking": {**spec.raw.get("tracking", {}),
+                                                                         "uri": tracking_uri}}  # fmt: skip
     try:
         filesystem, path = _file(experiment_dir, filesystem)
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with filesystem.open_output_stream(path) as stream:
-            stream.write(yaml.safe_dump(spec.raw, sort_keys=False).encode())
+            stream.write(yaml.safe_dump(raw, sort_keys=False).encode())
     except OSError as exc:
         logger.warning("could not keep the sweep's spec in %s (%s); a resume will not be checked against it",
                        experiment_dir, exc)  # fmt: skip
@@ -87,9 +91,11 @@ def _restoring_set(started: dict[str, Any], key: str) -> str:
     return f"--set {shlex.quote(f'{key}={_shown(value)}')}"
 
 
-def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> list[str]:
+def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.FileSystem | None = None,
+                      tracking_uri: str | None = None) -> list[str]:  # fmt: skip
     """Raise ``SpecError`` when ``spec`` would resume the sweep in ``experiment_dir`` as another sweep; return notes
-    on the values that may change but that a resume does not follow (``search.cohort``)."""
+    on the values that may change but that a resume does not follow (``search.cohort``), and on a resume that
+    tracks in another store than the sweep started in (``tracking_uri``: the one it tracks in now)."""
     try:
         started = load_started_spec(experiment_dir, filesystem)
     except (OSError, yaml.YAMLError):
@@ -99,11 +105,16 @@ def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.Fil
     started = absolute_data_paths(started)  # kept by a version that left the space's data paths relative
     differences = spec_differences(started, spec.raw)
     if not differences:
+        notes = []
         cohorts = [flatten_dotted(d).get("search.cohort", "auto") for d in (started, spec.raw)]
         if cohorts[1] != "auto" and cohorts[0] != cohorts[1]:  # (auto: kept as what it chose when the sweep started)
-            return [f"search.cohort: a resumed search keeps the cohorts it started with ({_shown(cohorts[0])}); "
-                    f"{_shown(cohorts[1])} applies to a new sweep"]  # fmt: skip
-        return []
+            notes.append(f"search.cohort: a resumed search keeps the cohorts it started with ({_shown(cohorts[0])}); "
+                         f"{_shown(cohorts[1])} applies to a new sweep")  # fmt: skip
+        before = (started.get("tracking") or {}).get("uri")
+        if tracking_uri and before and before != tracking_uri and "://" in before:
+            notes.append(f"tracking.uri: the sweep started in {before}; the trials that ended before this resume stay "
+                         f"there, and only what it trains now is tracked in {tracking_uri}")  # fmt: skip
+        return notes
     shown = "; ".join(f"{k}: started with {_shown(s)}, given {_shown(g)}" for k, s, g in differences[:4])
     more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
     sets = " ".join(dict.fromkeys(_restoring_set(started, k) for k, s, _ in differences[:4] if s is not None))

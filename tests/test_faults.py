@@ -143,6 +143,8 @@ def test_resume_with_another_tracking_uri_logs_the_resumed_trials_there(tmp_path
     new_uri = f"sqlite:///{tmp_path}/moved.db"
     resumed = _bvae(tmp_path, "sweep", "resume", "spec.yaml", "--tracking-uri", new_uri)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"note: tracking.uri: the sweep started in {data['tracking']['uri']}; the trials that ended before this "
+            f"resume stay there, and only what it trains now is tracked in {new_uri}") in resumed.stderr  # fmt: skip
     client, parent, runs = _runs(new_uri, "moved", key)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     assert all(max(m.step for m in client.get_metric_history(r.info.run_id, "rate")) == 300 for r in runs)
