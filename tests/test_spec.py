@@ -393,8 +393,8 @@ def test_the_latent_size_check_reads_the_sizes_trials_can_take():
 
     data = {**SPEC, "base": {**BASE, "model": {**BASE["model"], "latent_dim": 1}}, "eval": {"metrics": ["mig"]}}
     check_latent_size(parse_spec(data))  # the space's choice [2, 4, 8] replaces base's 1 in every trial
-    data["search"] = {**SPEC["search"], "space": {"objective.beta": {"log_uniform": [0.1, 10]}}}
-    with pytest.raises(PreflightError, match="model.latent_dim can be 1"):
+    data["search"] = {**SPEC["search"], "space": {"objective.beta": {"log_uniform": [0.1, 10]}}}  # base's 1, in every trial
+    with pytest.raises(PreflightError, match="model.latent_dim is 1"):
         check_latent_size(parse_spec(data))
 
 
