@@ -57,7 +57,7 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
 
     With ``out``: ``checkpoint.pt`` after every evaluation, then ``config.yaml`` (resolved), ``metrics.json`` and
     the plots of :func:`bvae_core.plots.save_model_plots`; in a folder that holds a run already, that run's files
-    are removed first (with a note on stderr: training starts over, it does not continue that run)."""
+    move to ``previous/`` first (with a note on stderr: training starts over, it does not continue that run)."""
     cfg = parse_config(config)
     try:
         trainer = Trainer(cfg)
@@ -73,14 +73,22 @@ def train(config: TrainConfig | dict[str, Any], out: str | Path | None = None, p
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"out: cannot create the folder {out_dir}: {e.strerror or e}") from None
-        if (out_dir / "checkpoint.pt").exists():  # said, not silent: the earlier run's files go
+        if (out_dir / "checkpoint.pt").is_file():  # said, not silent: the earlier run's files move aside
             from .plots import MODEL_FIGURES
 
-            earlier = [out_dir / name for name in (*RUN_FILES, *MODEL_FIGURES) if (out_dir / name).exists()]
-            print(f"note: out: {out_dir} already holds a run (checkpoint.pt); this run starts from step 0, and its "
-                  f"files ({', '.join(p.name for p in earlier)}) are removed first", file=sys.stderr, flush=True)  # fmt: skip
-            for path in earlier:  # none of them may be left beside this run's (a folder mixing two runs)
-                path.unlink()
+            earlier = [out_dir / name for name in (*RUN_FILES, *MODEL_FIGURES) if (out_dir / name).is_file()]
+            aside = out_dir / "previous"
+            print(f"note: out: {out_dir} already holds a run (checkpoint.pt); this run starts from step 0, and that "
+                  f"run's files ({', '.join(p.name for p in earlier)}) move to {aside}", file=sys.stderr, flush=True)  # fmt: skip
+            try:  # none of them may stay beside this run's (a folder mixing two runs), and none is lost
+                aside.mkdir(exist_ok=True)
+                for name in (*RUN_FILES, *MODEL_FIGURES):  # the run before that one: its files only
+                    (aside / name).unlink(missing_ok=True)
+                for path in earlier:
+                    path.rename(aside / path.name)
+            except OSError as e:
+                raise ConfigError(f"out: cannot move the earlier run's files in {out_dir} aside: "
+                                  f"{e.strerror or e}") from None  # fmt: skip
         try:  # the first write: a folder that exists but is read-only stops here, before any training
             (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         except OSError as e:

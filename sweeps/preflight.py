@@ -45,6 +45,7 @@ def check_data(spec: SweepSpec) -> Any:
                 _check_file_config(spec, config, dataset)
         if identity == base:
             kept = dataset
+        del dataset  # (the next file is read with this one let go)
     return kept
 
 
@@ -85,7 +86,8 @@ def _check_file_config(spec: SweepSpec, config: Any, dataset: Any) -> None:
     try:
         build_model(config.model.arch, dataset.example_shape, config.model.latent_dim, config.model.hidden)
     except ValueError as exc:
-        raise PreflightError(f"{_where(spec, 'model', 'dataset')}{exc} (data: {config.dataset.path})") from None
+        raise PreflightError(f"{_where(spec, 'model.arch', 'model.hidden', 'dataset')}{exc} (data: "
+                             f"{config.dataset.path})") from None  # fmt: skip
 
 
 #: the varying factors each metric a file dataset allows needs (bvae_core.metrics: dci regresses every factor on the
@@ -94,7 +96,7 @@ _FACTORS_NEEDED = {"dci": 2, "mig": 1, "sap": 1}
 #: metrics that compare the two most informative code dimensions (MIG's and SAP's gap) or need several (DCI)
 _TWO_CODES = ("mig", "sap", "dci")
 _TWO_CODES_WHY = {"mig": "it compares the two most informative", "sap": "it compares the two most predictive",
-                  "dci": "its completeness is an entropy over the code dimensions, in base latent_dim"}  # fmt: skip
+                  "dci": "its completeness is an entropy over the latent dimensions, which takes 2 or more"}  # fmt: skip
 
 
 def check_varying_factors(metrics: list[str], dataset) -> None:
@@ -121,7 +123,7 @@ def check_latent_size(spec: SweepSpec) -> None:
     if least < 2:
         metric = needing[0]
         why = _TWO_CODES_WHY[metric]
-        where = "can be" if "model.latent_dim" in spec.space else "is"
+        where = "can be" if _where(spec, "model.latent_dim").startswith("search") else "is"
         raise PreflightError(f"eval.metrics: {metric} needs at least 2 latent dimensions ({why}), and "
                              f"model.latent_dim {where} {least}")  # fmt: skip
 
@@ -328,15 +330,17 @@ def check_storage(path: str) -> None:
                              f"bucket and the AWS_* credentials and endpoint") from None  # fmt: skip
 
 
-def preflight(spec: SweepSpec, tracking_uri: str) -> list[str]:
+def preflight(spec: SweepSpec, tracking_uri: str, resume: bool = False) -> list[str]:
     """All of the above, cheapest first. Returns notes for the sweep's first lines (things worth knowing that do
-    not stop it)."""
+    not stop it). A ``resume`` skips what concerns how the search was set up (a sweep started by a version that did
+    not check it continues with the spec it started with)."""
     check_ray_address(spec.ray.address)
     check_local_resources(spec)
     check_devices(spec)
     check_storage(spec.storage.path)
     check_latent_size(spec)
-    check_searched_fields_used(spec)
+    if not resume:
+        check_searched_fields_used(spec)
     data = check_data(spec)
     check_tracking(tracking_uri)
     file_rows = len(data.factors) if data is not None and data.factors is not None else None

@@ -185,25 +185,37 @@ class SweepBusy(ConfigError):
 
 
 @contextlib.contextmanager
-def sweep_lock(spec: SweepSpec) -> Iterator[None]:
+def sweep_lock(spec: SweepSpec, resume: bool = False) -> Iterator[None]:
     """Hold the sweep's lock (``.NAME.lock`` in a local storage folder) while a driver runs it: a second ``bvae
-    sweep run``/``resume`` of the same sweep on this machine stops with one line instead of training its trials
-    twice. Object stores (s3://) have no such lock; on a cluster, a sweep's job id keeps it to one driver."""
-    if "://" in spec.storage.path:
+    sweep run``/``resume`` of the same sweep stops with one line instead of training its trials twice. Object stores
+    (s3://) have no such lock — on a cluster, a sweep's job id keeps it to one driver —, nor do folders where no lock
+    can be taken (no ``fcntl``, a lock file of another user, a mount without locks): those run unlocked."""
+    path = spec.storage.path
+    for scheme in ("file://", "local://"):
+        path = path.removeprefix(scheme)
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        fcntl = None  # type: ignore[assignment]
+    root = Path(path).expanduser().absolute()
+    if "://" in path or fcntl is None or (resume and not root.is_dir()):  # (no sweep to resume there: said next)
         yield
         return
-    import fcntl
-
-    root = Path(storage_root(spec))
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{spec.name}.lock", "a+") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{spec.name}.lock", "a+")
+    except OSError:
+        yield
+        return
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "?"
-            raise SweepBusy(f"name: sweep {spec.name!r} is being run by another process on this machine (pid "
-                            f"{holder}); wait for it to end, or stop it (Ctrl+C there), then resume") from None  # fmt: skip
+            raise SweepBusy(f"name: sweep {spec.name!r} is being run by another process (pid {holder}, on this "
+                            f"machine or one sharing {root}); wait for it to end, or stop it (Ctrl+C there), then "
+                            f"resume") from None  # fmt: skip
         except OSError:  # a file system without locks (some network mounts): run unlocked, as before
             yield
             return
@@ -227,8 +239,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None
 
     uri, _ = resolve_given_tracking_uri(tracking_uri, spec.tracking.uri, Path.cwd())
     path = experiment_path(spec)
-    notes = preflight(spec, uri)  # data, model, tracking server, Ray address, storage: before Tune reads the storage
-    with sweep_lock(spec):  # one driver per sweep on this machine: two at once trained its trials twice
+    notes = preflight(spec, uri, resume)  # data, model, tracking, Ray address, storage: before Tune reads the storage
+    with sweep_lock(spec, resume):  # one driver per sweep on this machine: two at once trained its trials twice
         return _run_checked(spec, resume, uri, path, notes)
 
 

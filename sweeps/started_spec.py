@@ -79,6 +79,20 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def _another_store(before: str, now: str) -> bool:
+    """Whether ``now`` names another tracking store than ``before``, the one kept when the sweep started (a URI
+    kept as written — relative — by an older version is not compared: it named the store of the directory it ran in)."""
+    from .store import resolve_tracking_uri
+
+    try:
+        if resolve_tracking_uri(before) != before:
+            return False
+    except ValueError:
+        return False
+    same = lambda uri: uri.rstrip("/").lower()  # noqa: E731 - a trailing slash, the case of a scheme or host
+    return same(before) != same(now)
+
+
 def _restoring_set(started: dict[str, Any], key: str) -> str:
     """The ``--set`` that gives ``key`` its started value back: a search-space entry whole (its distribution is one
     value on the command line), anything else as the leaf."""
@@ -111,7 +125,7 @@ def check_resume_spec(spec: SweepSpec, experiment_dir: str, filesystem: pafs.Fil
             notes.append(f"search.cohort: a resumed search keeps the cohorts it started with ({_shown(cohorts[0])}); "
                          f"{_shown(cohorts[1])} applies to a new sweep")  # fmt: skip
         before = (started.get("tracking") or {}).get("uri")
-        if tracking_uri and before and before != tracking_uri and "://" in before:
+        if tracking_uri and before and _another_store(before, tracking_uri):
             notes.append(f"tracking.uri: the sweep started in {before}; the trials that ended before this resume stay "
                          f"there, and only what it trains now is tracked in {tracking_uri}")  # fmt: skip
         return notes

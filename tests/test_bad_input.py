@@ -416,7 +416,15 @@ def test_a_sweep_another_process_runs_is_refused_and_nothing_started(tmp_path, c
         for verb in ("run", "resume"):
             assert main(["sweep", verb, "spec.yaml"]) == 2
             err = capsys.readouterr().err.strip()
-            assert err.startswith("bvae sweep: error: name: sweep 'bad' is being run by another process on this "
-                                  f"machine (pid {os.getpid()})") and "\n" not in err, err  # fmt: skip
+            assert err.startswith("bvae sweep: error: name: sweep 'bad' is being run by another process (pid "
+                                  f"{os.getpid()}, on this machine or one sharing ") and "\n" not in err, err  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ray_results", "spec.yaml"]  # no tracking store, no run
     assert [p.name for p in (tmp_path / "ray_results").iterdir()] == [".bad.lock"]
+    # a resume with nowhere to resume from makes no folder for its lock (it says there is no sweep, and exits 2)
+    assert main(["sweep", "resume", "spec.yaml", "--set", "storage.path=elsewhere"]) == 2
+    assert "no sweep 'bad' to resume" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    from sweeps.runner import SweepBusy
+
+    via_uri = parse_spec({**copy.deepcopy(GOOD), "storage": {"path": f"file://{tmp_path}/via-uri"}})  # a folder too
+    with sweep_lock(via_uri), pytest.raises(SweepBusy), sweep_lock(via_uri):
+        pass

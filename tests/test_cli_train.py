@@ -63,8 +63,12 @@ def test_train_prints_progress_and_final_json(tiny_config, tmp_path):
                                        "model": {"arch": "linear", "latent_dim": 2, "likelihood": {"kind": "gaussian"}},
                                        "train": {"steps": 10, "eval_every": 10}}))  # fmt: skip
     third = bvae("train", str(vectors), "--out", str(out), "--quiet")
-    assert third.returncode == 0 and "traversals.png) are removed first" in third.stderr, third.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "kl_per_dim.png", "metrics.json"]
+    assert third.returncode == 0 and f"traversals.png) move to {out / 'previous'}" in third.stderr, third.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "kl_per_dim.png", "metrics.json",
+                                                     "previous"]  # fmt: skip
+    kept = sorted(p.name for p in (out / "previous").iterdir())  # the earlier run, whole: nothing lost
+    assert kept == ["checkpoint.pt", "config.yaml", "kl_per_dim.png", "metrics.json", "reconstructions.png",
+                    "traversals.png"]  # fmt: skip
 
 
 def test_same_config_same_numbers(tiny_config):

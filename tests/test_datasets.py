@@ -96,6 +96,7 @@ def test_an_image_shape_that_matches_a_npz_is_a_no_op(tmp_path):
     """A space may offer a .npz beside Parquet files whose rows need ``image_shape``: the same shape is no error."""
     np.savez(tmp_path / "x.npz", images=np.zeros((40, 4, 4), np.uint8))
     assert FileDataset(str(tmp_path / "x.npz"), image_shape=[4, 4]).example_shape == (1, 4, 4)
+    assert FileDataset(str(tmp_path / "x.npz"), image_shape=[1, 4, 4]).example_shape == (1, 4, 4)  # one channel
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -455,6 +455,6 @@ def test_a_latent_size_too_small_for_a_metric_says_that_metrics_reason():
     data = {**SPEC, "base": {**BASE, "model": {**BASE["model"], "latent_dim": 1}}, "eval": {"metrics": ["dci"]},
             "search": {"trials": 2, "space": {"objective.beta": {"log_uniform": [0.1, 10]}}}}  # fmt: skip
     with pytest.raises(PreflightError, match=r"^eval\.metrics: dci needs at least 2 latent dimensions \(its "
-                                             r"completeness is an entropy over the code dimensions, in base "
-                                             r"latent_dim\), and model\.latent_dim is 1$"):  # fmt: skip
+                                             r"completeness is an entropy over the latent dimensions, which takes 2 "
+                                             r"or more\), and model\.latent_dim is 1$"):  # fmt: skip
         check_latent_size(parse_spec(data))

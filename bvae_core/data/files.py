@@ -182,7 +182,8 @@ class FileDataset(Dataset):
                 raise DataFileError(f"dataset.factor_columns: applies to Parquet files; a .npz file holds its factors "
                                     f"as one array named {' or '.join(_FACTOR_KEYS)} ([N, n_factors] integers)")  # fmt: skip
             images, factors, names = _load_npz(path, image_column)
-            if image_shape is not None and tuple(image_shape) != images.shape[1:]:  # (the same shape: a no-op)
+            squeezed = lambda shape: [d for d in shape if d != 1]  # noqa: E731 - [1, 64, 64] is [64, 64]
+            if image_shape is not None and squeezed(image_shape) != squeezed(images.shape[1:]):  # the same: a no-op
                 raise DataFileError(f"dataset.image_shape: {list(image_shape)} is not the shape of the examples of "
                                     f"{path} ({list(images.shape[1:])} as stored); it reshapes Parquet rows stored as "
                                     f"flat lists, and a .npz array keeps its own (leave it out)")  # fmt: skip
