@@ -353,6 +353,10 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     if model.search.scheduler is not None and model.search.scheduler.metric not in _SCHEDULER_METRICS:
         raise SpecError(f"search.scheduler.metric: expected one of {', '.join(_SCHEDULER_METRICS)}, "
                         f"got {model.search.scheduler.metric!r}")  # fmt: skip
+    scheduler = model.search.scheduler
+    if scheduler is not None and scheduler.mode == "max" and scheduler.metric in _LOWER_IS_BETTER:
+        raise SpecError(f"search.scheduler.mode: max keeps the trials with the highest {scheduler.metric}, the worst "
+                        f"fits, and stops the best; {scheduler.metric} is lower-is-better: use min")  # fmt: skip
     rendered = [m for m in model.eval.metrics if m not in _CODE_BASED_METRICS]
     for name in _dataset_names(base_config.dataset.name, model.search.space):  # the base's and those the space offers
         if name == "file" and rendered:  # mig, dci, sap draw the file's rows; these render
@@ -428,6 +432,7 @@ def absolute_data_paths(data: dict) -> dict:
 _FACTOR_DATASETS = ("dsprites", "blobs")
 _CODE_BASED_METRICS = ("mig", "dci", "sap")  # bvae_core.metrics.compute.CODE_BASED: a file's rows will do
 _SCHEDULER_METRICS = ("nelbo", "rate", "distortion", "train/loss")
+_LOWER_IS_BETTER = ("nelbo", "distortion", "train/loss")  # (rate: a sweep may keep its most informative trials)
 
 
 def _check_paths(model: _SpecModel, space: dict[str, Distribution]) -> None:

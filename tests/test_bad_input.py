@@ -93,6 +93,8 @@ def _cases(tmp: Path) -> list[tuple[str, object, str]]:
         ("more GPUs a trial than the machine has", _with("resources.gpu", 64), "resources.gpu: each trial asks for 64"),
         ("an infinite learning rate", _with("base.train.lr", float("inf")), "train.lr: input should be a finite"),
         ("scheduler on an unknown metric", _with("search.scheduler", {"metric": "elbo"}), "scheduler.metric"),
+        ("a scheduler keeping the worst fits", _with("search.scheduler", {"metric": "nelbo", "mode": "max"}),
+         "search.scheduler.mode: max keeps the trials with the highest nelbo"),
         ("cohort of 0", _with("search.cohort", 0), "search.cohort"),
         ("no objectives", _with("search.objectives", []), "search.objectives: list should have at least 1 item"),
         ("β searched under a capacity schedule (every trial the same model)",
