@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bvae_core.config import ConfigError
 from bvae_core.data import DataFileError
@@ -295,10 +296,17 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors in one line (its usage block made a mistyped flag 5 lines), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
-    parser = argparse.ArgumentParser(prog="bvae", description="β-VAE rate-distortion sweeps: train, sweep, pick β.")
+    parser = _OneLineParser(prog="bvae", description="β-VAE rate-distortion sweeps: train, sweep, pick β.")
     try:
         installed = version("bvae-sweeps")
     except PackageNotFoundError:  # run from a source tree that was never installed

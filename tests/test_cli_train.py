@@ -291,3 +291,17 @@ def test_a_cuda_index_past_the_machines_devices_is_named(monkeypatch):
                                          r"\(cuda:0 to cuda:1\)$"):  # fmt: skip
         resolve_device("cuda:3")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pick", "s", "--rule", "max-mig", "--max-distortion", "abc"],
+     "bvae pick: error: argument --max-distortion: invalid float value: 'abc' (see bvae pick --help)"),
+    (["sweep", "run"], "bvae sweep run: error: the following arguments are required: spec (see bvae sweep run --help)"),
+])  # fmt: skip
+def test_a_mistyped_command_line_is_one_line_too(argv, expected, capsys):
+    """argparse printed its usage block first: 5 lines for one wrong flag."""
+    from sweeps.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2 and capsys.readouterr().err == expected + "\n"
