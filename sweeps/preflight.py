@@ -207,6 +207,19 @@ def check_searched_fields_used(spec: SweepSpec) -> None:
                                  f"trials do read, or a setting that uses {path}")  # fmt: skip
 
 
+def threads_note(spec: SweepSpec) -> str | None:
+    """``train.threads`` above a trial's ``resources.cpu``: its threads share the cores Ray counts for it, so trials
+    at once oversubscribe the machine (slower, not faster). Left out, a trial takes the cores Ray gives it."""
+    from .space import corner_configs
+
+    most = max((c.train.threads or 0) for c in corner_configs(spec, ("train.threads",)))
+    if spec.resources.gpu == 0 and most > spec.resources.cpu:
+        return (f"train.threads {most} with resources.cpu {spec.resources.cpu:g}: each trial runs {most} threads on "
+                f"the {spec.resources.cpu:g} core(s) Ray counts for it, so trials at once oversubscribe the machine; "
+                f"leave train.threads out (a trial then takes its resources.cpu) or raise resources.cpu")  # fmt: skip
+    return None
+
+
 def schedule_note(spec: SweepSpec) -> str | None:
     """A schedule whose ramp is longer than a trial's training (``ramp_steps`` past ``train.steps``): those trials
     never reach c_max (or β), which the frontier would not show."""
@@ -344,5 +357,6 @@ def preflight(spec: SweepSpec, tracking_uri: str, resume: bool = False) -> list[
     data = check_data(spec)
     check_tracking(tracking_uri)
     file_rows = len(data.factors) if data is not None and data.factors is not None else None
-    notes = (factors_note(spec, data), in_sample_note(spec, file_rows), scheduler_note(spec), schedule_note(spec))
+    notes = (factors_note(spec, data), in_sample_note(spec, file_rows), scheduler_note(spec), schedule_note(spec),
+             threads_note(spec))  # fmt: skip
     return [note for note in notes if note]

@@ -458,3 +458,13 @@ def test_a_latent_size_too_small_for_a_metric_says_that_metrics_reason():
                                              r"completeness is an entropy over the latent dimensions, which takes 2 "
                                              r"or more\), and model\.latent_dim is 1$"):  # fmt: skip
         check_latent_size(parse_spec(data))
+
+
+def test_more_threads_than_a_trials_cores_is_a_note():
+    from sweeps.preflight import threads_note
+
+    assert threads_note(parse_spec(SPEC)) is None
+    data = {**SPEC, "base": {**BASE, "train": {**BASE["train"], "threads": 8}}}
+    assert threads_note(parse_spec(data)).startswith("train.threads 8 with resources.cpu 1: each trial runs 8 threads")
+    assert threads_note(parse_spec({**data, "resources": {"cpu": 8}})) is None
+
