@@ -210,7 +210,8 @@ class FileDataset(Dataset):
         elif np.issubdtype(images.dtype, np.floating):
             if not np.isfinite(images).all():
                 raise DataFileError(f"dataset.path: {path}: the images hold NaN or infinite values")
-            self._scale, self._storage = None, torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            with np.errstate(over="ignore"):  # values past float32 become ±inf: refused just below, by name
+                self._scale, self._storage = None, torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
             if not torch.isfinite(self._storage).all():  # float64 beyond float32's ±3.4e38 became ±inf
                 raise DataFileError(f"dataset.path: {path}: the images hold values beyond float32's range (largest "
                                     f"magnitude {np.abs(images).max():.3g}); training runs in float32")  # fmt: skip
