@@ -62,8 +62,9 @@ def _read_file(options: Any) -> Any:
 
 def _where(spec: SweepSpec, *fields: str) -> str:
     """How an error names what set ``fields``: ``search.space: `` when the space can set one of them, else ``base.``."""
-    searched = any(p == f or f.startswith(p + ".") or p.startswith(f + ".") for p in spec.space for f in fields)
-    return "search.space: " if searched else "base."
+    from .space import touches
+
+    return "search.space: " if any(touches(p, f) for p in spec.space for f in fields) else "base."
 
 
 def _check_file_config(spec: SweepSpec, config: Any, dataset: Any) -> None:

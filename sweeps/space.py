@@ -61,12 +61,17 @@ def planned_trials(spec: SweepSpec) -> int:
     return min(trials, grid_size(spec)) if spec.search.sampler == "grid" else trials
 
 
+def touches(path: str, field: str) -> bool:
+    """Whether the search path ``path`` sets the dotted ``field`` of the train config, or a part of it."""
+    return path == field or field.startswith(path + ".") or path.startswith(field + ".")
+
+
 def corner_configs(spec: SweepSpec, fields: tuple[str, ...]) -> Iterator[TrainConfig]:
     """The train configs at every combination of the ends of the search paths that can set one of ``fields`` or a
     part of one (dotted paths into the train config, e.g. ``model.latent_dim``): where the smallest and largest values
     a trial can take for them lie. ``base``'s config when the space sets none of them (or no combination is valid)."""
     space = spec.raw["search"]["space"]
-    paths = [p for p in space if any(f == p or f.startswith(p + ".") or p.startswith(f + ".") for f in fields)]
+    paths = [p for p in space if any(touches(p, f) for f in fields)]
     found = False
     for corner in itertools.product(*(corners(space[p]) for p in paths)) if paths else ():
         try:
